@@ -1,0 +1,54 @@
+#include "messages/kv_segment.hpp"
+
+#include <xxhash.h>
+
+#include <limits>
+
+namespace duet::messages {
+
+std::optional<std::uint64_t> kv_payload_bytes(const kv_segment_header& h) {
+  if (h.token_end < h.token_begin) return std::nullopt;
+  const std::uint64_t tokens = h.token_end - h.token_begin;
+  std::uint64_t row = 0; // bytes of one head's head_size values
+  switch (h.dtype) {
+  case kv_dtype::f32:
+    row = std::uint64_t{h.head_size} * 4;
+    break;
+  case kv_dtype::f16:
+    row = std::uint64_t{h.head_size} * 2;
+    break;
+  case kv_dtype::q8_0: // ggml block_q8_0: 32 values in 34 bytes
+    if (h.head_size % 32 != 0) return std::nullopt;
+    row = std::uint64_t{h.head_size} / 32 * 34;
+    break;
+  default:
+    return std::nullopt;
+  }
+  // tokens < 2^32, n_kv_heads < 2^32, row < 2^35: check the products for overflow.
+  const std::uint64_t max = std::numeric_limits<std::uint64_t>::max();
+  std::uint64_t per_token = std::uint64_t{h.n_kv_heads} * row;
+  if (row != 0 && per_token / row != h.n_kv_heads) return std::nullopt;
+  if (tokens != 0 && per_token > max / tokens / 2) return std::nullopt;
+  return 2 * tokens * per_token;
+}
+
+std::string kv_header_problem(const kv_segment_header& h) {
+  if (static_cast<std::uint8_t>(h.dtype) > static_cast<std::uint8_t>(kv_dtype::q8_0))
+    return "unknown dtype " + std::to_string(static_cast<unsigned>(h.dtype));
+  if (h.token_end <= h.token_begin)
+    return "empty or reversed token range [" + std::to_string(h.token_begin) + ", " +
+           std::to_string(h.token_end) + ")";
+  if (h.n_kv_heads == 0 || h.head_size == 0) return "zero n_kv_heads or head_size";
+  auto expect = kv_payload_bytes(h);
+  if (!expect) return "impossible shape (q8_0 head_size not a multiple of 32, or overflow)";
+  if (*expect != h.payload_bytes)
+    return "payload_bytes " + std::to_string(h.payload_bytes) + " but shape needs " +
+           std::to_string(*expect);
+  return {};
+}
+
+std::uint64_t checksum_xxh3(std::span<const std::byte> bytes) {
+  return XXH3_64bits(bytes.data(), bytes.size());
+}
+
+} // namespace duet::messages
