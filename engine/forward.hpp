@@ -79,8 +79,8 @@ public:
 private:
   struct workspace;
   void check_batch(const kv_cache& kv, int first_layer, int last_layer) const;
-  void layers_chunk(kv_cache& kv, std::span<const seq_id> seqs, std::span<const int> pos, int n,
-                    int first_layer, int last_layer, float* x);
+  /// Runs the n rows staged in the workspace (row_seq/row_pos/row_table) through layers.
+  void layers_chunk(kv_cache& kv, int n, int first_layer, int last_layer, float* x);
 
   model_weights weights_;
   runner_options options_;

@@ -1,0 +1,363 @@
+// The forward pass over a paged KV cache, after llama2.c run.c's forward(), for many rows at
+// once: a row is (sequence, position, hidden state). Prefill rows share one sequence at
+// consecutive positions; decode rows are one token each of distinct sequences.
+#include "engine/forward.hpp"
+
+#include "engine/error.hpp"
+#include "engine/kernels.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <string>
+
+namespace duet::engine {
+
+namespace {
+
+[[noreturn]] void invalid(const std::string& msg) {
+  throw engine_error(engine_errc::invalid_argument, "runner: " + msg);
+}
+
+void check_tensor(const std::string& name, const tensor_view& t, std::int64_t rows,
+                  std::int64_t cols, bool f32_only) {
+  if (t.data == nullptr) invalid("model tensor " + name + " is missing");
+  if (t.rows != rows || t.cols != cols)
+    invalid("model tensor " + name + " is [" + std::to_string(t.rows) + "][" +
+            std::to_string(t.cols) + "], expected [" + std::to_string(rows) + "][" +
+            std::to_string(cols) + "]");
+  if (f32_only && t.type != dtype::f32)
+    throw engine_error(engine_errc::unsupported, "runner: norm tensor " + name + " is " +
+                                                     std::string(dtype_name(t.type)) +
+                                                     ", expected f32");
+  if (t.type == dtype::q8_0 && cols % 32 != 0)
+    invalid("q8_0 tensor " + name + " has " + std::to_string(cols) +
+            " columns, not a multiple of 32");
+}
+
+} // namespace
+
+/// Every buffer the forward pass touches, sized once for tokens_max rows.
+struct runner::workspace {
+  std::vector<float> x;        ///< [T][dim]   decode_batch's hidden states
+  std::vector<float> xb;       ///< [T][dim]   normed input / matmul output
+  std::vector<float> xb2;      ///< [T][dim]   attention output (before wo)
+  std::vector<float> qkv;      ///< [T][dim + 2 * kv_dim]  q | k | v per row
+  std::vector<float> hb;       ///< [T][2 * hidden_dim]    w1 x | w3 x per row
+  std::vector<float> att;      ///< [threads][seq_len]     attention scores per worker
+  std::vector<float> rope;     ///< [seq_len][head_size/2][2]  cos, sin
+  std::vector<seq_id> row_seq; ///< [T]
+  std::vector<int> row_pos;    ///< [T]
+  std::vector<std::span<const std::int32_t>> row_table; ///< [T] block tables
+};
+
+runner::runner(const model_weights& weights, runner_options options)
+    : weights_(weights), options_(options), pool_(options.threads) {
+  const auto& c = weights_.config;
+  if (options_.tokens_max < 1 || options_.tokens_max > 4096)
+    invalid("tokens_max is " + std::to_string(options_.tokens_max) + ", expected 1..4096");
+  if (c.dim <= 0 || c.n_heads <= 0 || c.n_kv_heads <= 0 || c.hidden_dim <= 0 || c.n_layers <= 0 ||
+      c.vocab_size <= 0 || c.seq_len <= 0 || c.dim % c.n_heads != 0 ||
+      c.n_heads % c.n_kv_heads != 0 || c.head_size() % 2 != 0)
+    invalid("inconsistent model config");
+  if (static_cast<int>(weights_.layers.size()) != c.n_layers)
+    invalid("model has " + std::to_string(weights_.layers.size()) + " layers, config says " +
+            std::to_string(c.n_layers));
+  const std::int64_t D = c.dim, KV = c.kv_dim(), H = c.hidden_dim, V = c.vocab_size;
+  check_tensor("token_embedding", weights_.token_embedding, V, D, false);
+  check_tensor("rms_final", weights_.rms_final, 1, D, true);
+  check_tensor("classifier", weights_.classifier, V, D, false);
+  for (int l = 0; l < c.n_layers; ++l) {
+    const auto& lw = weights_.layers[static_cast<std::size_t>(l)];
+    auto n = [l](const char* t) { return "layer " + std::to_string(l) + " " + t; };
+    check_tensor(n("rms_att"), lw.rms_att, 1, D, true);
+    check_tensor(n("wq"), lw.wq, D, D, false);
+    check_tensor(n("wk"), lw.wk, KV, D, false);
+    check_tensor(n("wv"), lw.wv, KV, D, false);
+    check_tensor(n("wo"), lw.wo, D, D, false);
+    check_tensor(n("rms_ffn"), lw.rms_ffn, 1, D, true);
+    check_tensor(n("w1"), lw.w1, H, D, false);
+    check_tensor(n("w2"), lw.w2, D, H, false);
+    check_tensor(n("w3"), lw.w3, H, D, false);
+  }
+  auto T = static_cast<std::size_t>(options_.tokens_max);
+  auto u = [](std::int64_t v) { return static_cast<std::size_t>(v); };
+  ws_ = std::make_unique<workspace>();
+  ws_->x.resize(T * u(D));
+  ws_->xb.resize(T * u(D));
+  ws_->xb2.resize(T * u(D));
+  ws_->qkv.resize(T * u(D + 2 * KV));
+  ws_->hb.resize(T * u(2 * H));
+  ws_->att.resize(u(pool_.threads()) * u(c.seq_len));
+  ws_->rope.resize(u(c.seq_len) * u(c.head_size()));
+  kernels::rope_table(ws_->rope.data(), c.seq_len, c.head_size(), c.rope_theta);
+  ws_->row_seq.resize(T);
+  ws_->row_pos.resize(T);
+  ws_->row_table.resize(T);
+}
+
+runner::~runner() = default;
+
+void runner::embed(std::span<const int> tokens, std::span<float> x) const {
+  const auto dim = static_cast<std::size_t>(config().dim);
+  if (x.size() < tokens.size() * dim)
+    invalid("embed: output has " + std::to_string(x.size()) + " floats, need " +
+            std::to_string(tokens.size() * dim));
+  for (std::size_t i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] < 0 || tokens[i] >= config().vocab_size)
+      invalid("embed: token " + std::to_string(tokens[i]) + " outside the vocabulary of " +
+              std::to_string(config().vocab_size));
+    kernels::dequantize_row(weights_.token_embedding, tokens[i], x.data() + i * dim);
+  }
+}
+
+void runner::check_batch(const kv_cache& kv, int first_layer, int last_layer) const {
+  if (first_layer < 0 || last_layer > config().n_layers || first_layer >= last_layer)
+    invalid("layer range [" + std::to_string(first_layer) + ", " + std::to_string(last_layer) +
+            ") outside the model's " + std::to_string(config().n_layers) + " layers");
+  const auto& kc = kv.config();
+  if (!kv.holds_layer(first_layer) || !kv.holds_layer(last_layer - 1))
+    invalid("kv cache holds layers [" + std::to_string(kc.first_layer) + ", " +
+            std::to_string(kc.last_layer) + "), forward needs [" + std::to_string(first_layer) +
+            ", " + std::to_string(last_layer) + ")");
+  if (kc.n_kv_heads != config().n_kv_heads || kc.head_size != config().head_size())
+    throw engine_error(engine_errc::mismatch,
+                       "runner: kv cache shape " + std::to_string(kc.n_kv_heads) + " x " +
+                           std::to_string(kc.head_size) + " does not match the model's " +
+                           std::to_string(config().n_kv_heads) + " x " +
+                           std::to_string(config().head_size()));
+}
+
+void runner::forward_layers(kv_cache& kv, seq_id seq, int pos0, int n_tokens, int first_layer,
+                            int last_layer, std::span<float> x) {
+  check_batch(kv, first_layer, last_layer);
+  const auto dim = static_cast<std::size_t>(config().dim);
+  if (n_tokens < 0 || x.size() < static_cast<std::size_t>(n_tokens) * dim)
+    invalid("forward_layers: " + std::to_string(n_tokens) + " tokens need " +
+            std::to_string(static_cast<std::size_t>(std::max(n_tokens, 0)) * dim) +
+            " floats, got " + std::to_string(x.size()));
+  if (n_tokens == 0) return;
+  if (!kv.has_seq(seq)) invalid("forward_layers: unknown sequence " + std::to_string(seq));
+  if (pos0 < 0 || pos0 + n_tokens > config().seq_len)
+    invalid("forward_layers: positions [" + std::to_string(pos0) + ", " +
+            std::to_string(pos0 + n_tokens) + ") outside the context of " +
+            std::to_string(config().seq_len));
+  for (int l = first_layer; l < last_layer; ++l)
+    if (kv.layer_length(seq, l) < pos0)
+      invalid("forward_layers: sequence " + std::to_string(seq) + " layer " + std::to_string(l) +
+              " has " + std::to_string(kv.layer_length(seq, l)) + " positions, write at " +
+              std::to_string(pos0) + " would leave a gap");
+  if (kv.seq_capacity(seq) < pos0 + n_tokens)
+    throw engine_error(engine_errc::out_of_capacity,
+                       "runner: sequence " + std::to_string(seq) + " has blocks for " +
+                           std::to_string(kv.seq_capacity(seq)) + " positions, needs " +
+                           std::to_string(pos0 + n_tokens) + " (seq_reserve first)");
+  auto table = kv.block_table(seq);
+  for (int done = 0; done < n_tokens; done += options_.tokens_max) {
+    int n = std::min(options_.tokens_max, n_tokens - done);
+    for (int i = 0; i < n; ++i) {
+      auto si = static_cast<std::size_t>(i);
+      ws_->row_seq[si] = seq;
+      ws_->row_pos[si] = pos0 + done + i;
+      ws_->row_table[si] = table;
+    }
+    layers_chunk(kv, n, first_layer, last_layer, x.data() + static_cast<std::size_t>(done) * dim);
+    for (int l = first_layer; l < last_layer; ++l)
+      kv.note_written(seq, l, pos0 + done, pos0 + done + n, true);
+  }
+}
+
+void runner::layers_chunk(kv_cache& kv, int n, int first_layer, int last_layer, float* x) {
+  const auto& c = config();
+  const int D = c.dim, KV = c.kv_dim(), H = c.hidden_dim, hs = c.head_size();
+  const int QKV = D + 2 * KV;
+  const int kv_mul = c.n_heads / c.n_kv_heads;
+  const bool f16_kv = kv.config().type == dtype::f16;
+  auto& ws = *ws_;
+  float* xb = ws.xb.data();
+  float* xb2 = ws.xb2.data();
+  float* qkv = ws.qkv.data();
+  float* hb = ws.hb.data();
+  auto row = [](float* base, int i, int stride) {
+    return base + static_cast<std::ptrdiff_t>(i) * stride;
+  };
+
+  for (int l = first_layer; l < last_layer; ++l) {
+    const auto& lw = weights_.layers[static_cast<std::size_t>(l)];
+    const auto* rms_att = static_cast<const float*>(lw.rms_att.data);
+    const auto* rms_ffn = static_cast<const float*>(lw.rms_ffn.data);
+
+    // -- attention ---------------------------------------------------------------------------
+    for (int i = 0; i < n; ++i)
+      kernels::rmsnorm(row(xb, i, D), row(x, i, D), rms_att, D, c.rms_eps);
+    // q, k and v in one parallel pass over their concatenated output rows.
+    pool_.parallel_for(QKV, [&](std::int64_t b, std::int64_t e, int) {
+      auto part = [&](const tensor_view& w, std::int64_t off) {
+        std::int64_t lo = std::max(b, off) - off, hi = std::min(e, off + w.rows) - off;
+        if (lo < hi) kernels::matmul(w, xb, D, n, qkv + off, QKV, lo, hi);
+      };
+      part(lw.wq, 0);
+      part(lw.wk, D);
+      part(lw.wv, D + KV);
+    });
+    // RoPE, then this chunk's K and V into the cache (before attention: rows attend to each
+    // other causally within the chunk).
+    for (int i = 0; i < n; ++i) {
+      float* q = row(qkv, i, QKV);
+      const int pos = ws.row_pos[static_cast<std::size_t>(i)];
+      const float* rt =
+          ws.rope.data() + static_cast<std::size_t>(pos) * static_cast<std::size_t>(hs);
+      kernels::rope(q, D, hs, rt);
+      kernels::rope(q + D, KV, hs, rt);
+      auto table = ws.row_table[static_cast<std::size_t>(i)];
+      std::byte* kr = kv.k_row(table, l, pos);
+      std::byte* vr = kv.v_row(table, l, pos);
+      if (f16_kv) {
+        auto* kh = reinterpret_cast<std::uint16_t*>(kr);
+        auto* vh = reinterpret_cast<std::uint16_t*>(vr);
+        for (int j = 0; j < KV; ++j) {
+          kh[j] = f32_to_f16(q[D + j]);
+          vh[j] = f32_to_f16(q[D + KV + j]);
+        }
+      } else {
+        std::memcpy(kr, q + D, static_cast<std::size_t>(KV) * 4);
+        std::memcpy(vr, q + D + KV, static_cast<std::size_t>(KV) * 4);
+      }
+    }
+    pool_.parallel_for(static_cast<std::int64_t>(n) * c.n_heads, [&](std::int64_t b, std::int64_t e,
+                                                                     int worker) {
+      float* att =
+          ws.att.data() + static_cast<std::size_t>(worker) * static_cast<std::size_t>(c.seq_len);
+      for (std::int64_t it = b; it < e; ++it) {
+        int i = static_cast<int>(it / c.n_heads);
+        int h = static_cast<int>(it % c.n_heads);
+        auto si = static_cast<std::size_t>(i);
+        kernels::attention(row(qkv, i, QKV) + h * hs, kv, ws.row_table[si], l, h / kv_mul,
+                           ws.row_pos[si] + 1, att, row(xb2, i, D) + h * hs);
+      }
+    });
+    pool_.parallel_for(D, [&](std::int64_t b, std::int64_t e, int) {
+      kernels::matmul(lw.wo, xb2, D, n, xb, D, b, e);
+    });
+    for (int i = 0; i < n * D; ++i) x[i] += xb[i];
+
+    // -- feed-forward (SwiGLU) ---------------------------------------------------------------
+    for (int i = 0; i < n; ++i)
+      kernels::rmsnorm(row(xb, i, D), row(x, i, D), rms_ffn, D, c.rms_eps);
+    pool_.parallel_for(2 * H, [&](std::int64_t b, std::int64_t e, int) {
+      auto part = [&](const tensor_view& w, std::int64_t off) {
+        std::int64_t lo = std::max(b, off) - off, hi = std::min(e, off + w.rows) - off;
+        if (lo < hi) kernels::matmul(w, xb, D, n, hb + off, 2 * H, lo, hi);
+      };
+      part(lw.w1, 0);
+      part(lw.w3, H);
+    });
+    for (int i = 0; i < n; ++i) {
+      float* h1 = row(hb, i, 2 * H);
+      const float* h3 = h1 + H;
+      for (int j = 0; j < H; ++j) {
+        float val = h1[j];
+        val *= 1.0f / (1.0f + std::exp(-val)); // silu, as run.c
+        h1[j] = val * h3[j];
+      }
+    }
+    pool_.parallel_for(D, [&](std::int64_t b, std::int64_t e, int) {
+      kernels::matmul(lw.w2, hb, 2 * H, n, xb, D, b, e); // gated half of hb
+    });
+    for (int i = 0; i < n * D; ++i) x[i] += xb[i];
+  }
+}
+
+void runner::logits(std::span<const float> x, std::span<float> out) {
+  const auto& c = config();
+  const auto D = static_cast<std::size_t>(c.dim), V = static_cast<std::size_t>(c.vocab_size);
+  std::size_t rows = x.size() / D;
+  if (x.size() % D != 0 || out.size() < rows * V)
+    invalid("logits: " + std::to_string(x.size()) + " inputs (need a multiple of " +
+            std::to_string(D) + ") and " + std::to_string(out.size()) + " outputs (need " +
+            std::to_string(rows * V) + ")");
+  const auto* rms = static_cast<const float*>(weights_.rms_final.data);
+  for (std::size_t done = 0; done < rows; done += static_cast<std::size_t>(options_.tokens_max)) {
+    int n = static_cast<int>(std::min(rows - done, static_cast<std::size_t>(options_.tokens_max)));
+    float* xb = ws_->xb.data();
+    for (int i = 0; i < n; ++i)
+      kernels::rmsnorm(xb + static_cast<std::size_t>(i) * D,
+                       x.data() + (done + static_cast<std::size_t>(i)) * D, rms, c.dim, c.rms_eps);
+    float* o = out.data() + done * V;
+    pool_.parallel_for(c.vocab_size, [&](std::int64_t b, std::int64_t e, int) {
+      kernels::matmul(weights_.classifier, xb, c.dim, n, o, c.vocab_size, b, e);
+    });
+  }
+}
+
+void runner::decode_batch(kv_cache& kv, std::span<const decode_item> items,
+                          std::span<float> logits_out) {
+  const auto& c = config();
+  check_batch(kv, 0, c.n_layers);
+  const auto V = static_cast<std::size_t>(c.vocab_size), D = static_cast<std::size_t>(c.dim);
+  if (logits_out.size() < items.size() * V)
+    invalid("decode_batch: logits output has " + std::to_string(logits_out.size()) +
+            " floats, need " + std::to_string(items.size() * V));
+  // Validate every item before touching the cache.
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    const auto& it = items[i];
+    auto name =
+        "decode_batch: item " + std::to_string(i) + " (sequence " + std::to_string(it.seq) + ")";
+    if (!kv.has_seq(it.seq)) invalid(name + " is not in the cache");
+    if (it.token < 0 || it.token >= c.vocab_size) invalid(name + " token out of range");
+    if (it.pos < 0 || it.pos >= c.seq_len)
+      invalid(name + " position " + std::to_string(it.pos) + " outside the context of " +
+              std::to_string(c.seq_len));
+    if (kv.seq_length(it.seq) < it.pos)
+      invalid(name + " position " + std::to_string(it.pos) + " after a gap (length " +
+              std::to_string(kv.seq_length(it.seq)) + ")");
+    if (kv.seq_capacity(it.seq) <= it.pos)
+      throw engine_error(engine_errc::out_of_capacity,
+                         "runner: " + name + " has no block for position " +
+                             std::to_string(it.pos) + " (seq_reserve first)");
+    for (std::size_t j = 0; j < i; ++j)
+      if (items[j].seq == it.seq) invalid(name + " appears twice in one batch");
+  }
+  auto T = static_cast<std::size_t>(options_.tokens_max);
+  for (std::size_t done = 0; done < items.size(); done += T) {
+    int n = static_cast<int>(std::min(items.size() - done, T));
+    float* x = ws_->x.data();
+    for (int i = 0; i < n; ++i) {
+      const auto& it = items[done + static_cast<std::size_t>(i)];
+      auto si = static_cast<std::size_t>(i);
+      kernels::dequantize_row(weights_.token_embedding, it.token, x + si * D);
+      ws_->row_seq[si] = it.seq;
+      ws_->row_pos[si] = it.pos;
+      ws_->row_table[si] = kv.block_table(it.seq);
+    }
+    layers_chunk(kv, n, 0, c.n_layers, x);
+    for (int i = 0; i < n; ++i) {
+      const auto& it = items[done + static_cast<std::size_t>(i)];
+      for (int l = 0; l < c.n_layers; ++l) kv.note_written(it.seq, l, it.pos, it.pos + 1, true);
+    }
+    logits(std::span<const float>(x, static_cast<std::size_t>(n) * D),
+           logits_out.subspan(done * V, static_cast<std::size_t>(n) * V));
+  }
+}
+
+void runner::prefill(kv_cache& kv, seq_id seq, int pos0, std::span<const int> tokens,
+                     std::span<float> last_logits) {
+  const auto& c = config();
+  const auto D = static_cast<std::size_t>(c.dim);
+  if (tokens.empty()) invalid("prefill: no tokens");
+  if (last_logits.size() < static_cast<std::size_t>(c.vocab_size))
+    invalid("prefill: logits output too small");
+  // Chunk by tokens_max through ws.x so prefill never allocates.
+  std::size_t T = static_cast<std::size_t>(options_.tokens_max);
+  for (std::size_t done = 0; done < tokens.size(); done += T) {
+    std::size_t n = std::min(tokens.size() - done, T);
+    std::span<float> x(ws_->x.data(), n * D);
+    embed(tokens.subspan(done, n), x);
+    forward_layers(kv, seq, pos0 + static_cast<int>(done), static_cast<int>(n), 0, c.n_layers, x);
+    if (done + n == tokens.size())
+      logits(std::span<const float>(x.data() + (n - 1) * D, D),
+             last_logits.first(static_cast<std::size_t>(c.vocab_size)));
+  }
+}
+
+} // namespace duet::engine

@@ -1,0 +1,56 @@
+#pragma once
+
+// The forward pass's numeric kernels. Each has a plain scalar definition (the reference the
+// tests check against, tests/engine/kernels_test.cpp) and, for matmul, an AVX2+FMA+F16C
+// version picked at run time when the CPU has those (the build stays portable: no -march).
+//
+// Matmul of Q8_0 weights dequantizes each weight block exactly (d * q is exact in f32) and
+// multiplies with the f32 activations, i.e. it computes the same sum as dequantizing the whole
+// matrix to f32 first; unlike ggml it does not quantize the activations, so the only
+// difference from an f32 reference is summation order (relative error ~1e-6 * sqrt(cols)).
+
+#include "engine/dtype.hpp"
+#include "engine/kv_cache.hpp"
+#include "engine/model_weights.hpp"
+
+#include <cstdint>
+#include <string_view>
+
+namespace duet::engine::kernels {
+
+/// "avx2" when the AVX2/FMA/F16C matmul is in use, else "scalar".
+std::string_view simd_level();
+
+/// Forces the scalar kernels (tests compare both paths; benchmarks show the gain).
+void set_force_scalar(bool on);
+
+/// y[t][r] = sum_k W[r][k] * x[t][k] for t in [0, n) and rows r in [row_begin, row_end).
+/// W is [rows][cols] of any dtype; x is [n][cols] with row stride x_stride (>= cols); y has
+/// row stride y_stride (>= the rows written). Each weight row is read once for all n tokens.
+void matmul(const tensor_view& w, const float* x, std::int64_t x_stride, int n, float* y,
+            std::int64_t y_stride, std::int64_t row_begin, std::int64_t row_end);
+
+/// out = x / sqrt(mean(x^2) + eps) * weight   (size values; out may alias x)
+void rmsnorm(float* out, const float* x, const float* weight, int size, float eps);
+
+/// Softmax in place over size values (max-subtracted, as run.c).
+void softmax(float* x, int size);
+
+/// Dequantizes row `r` of `w` into out[cols].
+void dequantize_row(const tensor_view& w, std::int64_t r, float* out);
+
+/// Rotates adjacent pairs (2i, 2i+1) of vec[size] (size a multiple of head_size) by angle
+/// pos * theta^(-(2i mod head_size)/head_size), with cos/sin taken from a table built by
+/// rope_table(): table[pos][head_size/2][2] = {cos, sin}.
+void rope(float* vec, int size, int head_size, const float* table_at_pos);
+
+/// One query head's attention over positions [0, n_pos) of `layer` in a paged cache:
+/// att[t] = softmax(q . K[t][kv_head] / sqrt(head_size)), out = sum_t att[t] V[t][kv_head].
+/// q and out are [head_size]; att is scratch of >= n_pos floats. K/V in the cache's dtype.
+void attention(const float* q, const kv_cache& kv, std::span<const std::int32_t> table, int layer,
+               int kv_head, int n_pos, float* att, float* out);
+
+/// Fills table[seq_len][head_size/2][2] with run.c's cos/sin values (same float formula).
+void rope_table(float* table, int seq_len, int head_size, float theta);
+
+} // namespace duet::engine::kernels
