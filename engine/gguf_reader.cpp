@@ -77,6 +77,12 @@ public:
   }
 
   const std::uint8_t* here() const { return bytes_.data() + pos_; }
+  /// The next 8 bytes as a u64 without moving (precondition: left() >= 8).
+  std::uint64_t peek_u64() const {
+    std::uint64_t v;
+    std::memcpy(&v, bytes_.data() + pos_, sizeof v);
+    return v;
+  }
   void skip(std::uint64_t n, std::string_view what) {
     need(n, what);
     pos_ += n;
@@ -157,10 +163,14 @@ void read_value(cursor& c, std::uint32_t type, gguf_value& v, const std::string&
                            std::to_string(c.left() / elem_min) + " would fit)");
     if (v.array_type == static_cast<std::uint32_t>(gguf_type::string)) {
       v.array_strings.reserve(static_cast<std::size_t>(v.array_count));
-      for (std::uint64_t i = 0; i < v.array_count; ++i)
-        v.array_strings.push_back(
-            c.read_string("element " + std::to_string(i) + " of '" + key + "'",
-                          std::numeric_limits<std::uint64_t>::max()));
+      for (std::uint64_t i = 0; i < v.array_count; ++i) {
+        // The element's description is only built when it is needed for an error (a
+        // vocabulary has 100k+ strings).
+        if (c.left() < 8 || c.peek_u64() > c.left() - 8)
+          (void)c.read_string("element " + std::to_string(i) + " of '" + key + "'",
+                              std::numeric_limits<std::uint64_t>::max());
+        v.array_strings.push_back(c.read_string({}, std::numeric_limits<std::uint64_t>::max()));
+      }
     } else {
       v.array_data = c.here();
       c.skip(v.array_count * elem_min, what); // cannot overflow: count <= left / elem_min
