@@ -49,7 +49,7 @@ void fill_segment(wire::KvSegment::Builder b, const kv_envelope& e, capnp::Orpha
   case payload_placement::remote_region: {
     auto r = b.getPayload().initRemote();
     r.setOffset(e.remote_offset);
-    r.setLength(h.payload_bytes);
+    r.setLength(e.remote_length);
     break;
   }
   }
@@ -127,10 +127,12 @@ decoded<stream_frame> read_segment(wire::KvSegment::Reader r, std::span<const st
   case wire::KvSegment::Payload::REMOTE: {
     auto rr = payload.getRemote();
     if (rr.getLength() != h.payload_bytes)
-      return malformed("kv segment: remote region length " + std::to_string(rr.getLength()) +
-                       " != payload_bytes " + std::to_string(h.payload_bytes));
+      return problem{problem_kind::truncated,
+                     "kv segment: remote region holds " + std::to_string(rr.getLength()) +
+                         " bytes, header says " + std::to_string(h.payload_bytes)};
     e.placement = payload_placement::remote_region;
     e.remote_offset = rr.getOffset();
+    e.remote_length = rr.getLength();
     break;
   }
   default:

@@ -37,6 +37,7 @@ struct kv_envelope {
   std::uint64_t sequence = 0; ///< per-stream sequence: 0, 1, 2, ...
   payload_placement placement = payload_placement::next_frame;
   std::uint64_t remote_offset = 0; ///< remote_region: offset in the receiver window
+  std::uint64_t remote_length = 0; ///< remote_region: bytes written there (== payload_bytes)
   /// inline_bytes: the payload. Building: the caller's bytes (must outlive the frame_message).
   /// Reading: a view into the bytes read, or into owned_payload when those were misaligned.
   std::span<const std::byte> inline_payload;
@@ -98,8 +99,8 @@ std::vector<std::byte> encode_frame(const stream_frame& frame);
 
 /// Reads one flat frame and validates it: KV header consistent (kv_header_problem), payload
 /// size within segment_bytes_max (oversized), inline payload length == payload_bytes
-/// (truncated), remote region length == payload_bytes, known union members, hello version.
-/// Traversal limit: kv_limits(segment_bytes_max).
+/// (truncated), remote region length == payload_bytes (truncated), known union members, hello
+/// version. Traversal limit: kv_limits(segment_bytes_max).
 decoded<stream_frame> decode_frame(std::span<const std::byte> bytes, std::size_t segment_bytes_max);
 
 } // namespace duet::messages

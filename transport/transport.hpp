@@ -60,8 +60,6 @@ struct options {
   /// Receiver: payload bytes each sender may have outstanding (sent, not yet released by the
   /// receiver). Must be >= segment_bytes_max. fabric registers this much memory per sender.
   std::size_t window_bytes = std::size_t{128} << 20;
-  /// How long connect() waits for the receiver's first credit before giving up.
-  milliseconds connect_timeout{5000};
   /// Receiver: (request, epoch, layer, token range) keys remembered for duplicate detection;
   /// older keys are forgotten first (bounded memory).
   std::size_t duplicate_keys_max = 65536;
@@ -141,8 +139,10 @@ protected:
 /// the hardware is missing (fabric+verbs / fabric+efa here), bad_address when it cannot bind.
 result<std::unique_ptr<receiver>> listen(std::string_view address, const options& opts = {});
 
-/// Connects a sender to a receiver's concrete address and waits (connect_timeout) for its
-/// first credit, so a wrong or dead address fails here with timeout, not on the first send.
+/// Connects a sender to a receiver's concrete address. Returns without waiting for the
+/// receiver (which answers the hello from its recv()); the receiver's first credit, carrying
+/// its window, is awaited by the first send() within that send's timeout, so a wrong or dead
+/// address surfaces there as errc::timeout. bad_address when the address cannot be used at all.
 result<std::unique_ptr<sender>> connect(std::string_view address, const options& opts = {});
 
 } // namespace duet::transport

@@ -1,0 +1,72 @@
+// transport_peer: the other OS process of the two-process transport tests.
+//   transport_peer send <address> <seed> <bytes>...   connect, send one pattern segment per
+//                                                     size (layer = its index), flush, exit 0
+//   transport_peer hold <bind-address> <count>        listen, print the concrete address on
+//                                                     stdout, receive <count> segments and keep
+//                                                     them (never release credit), then wait to
+//                                                     be killed
+// Exit codes: 0 ok, 2 usage, 3 transport error (printed on stderr).
+#include "tests/transport/segment_pattern.hpp"
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <thread>
+#include <vector>
+
+using namespace duet;
+using namespace std::chrono_literals;
+
+int main(int argc, char** argv) {
+  if (argc < 4) return 2;
+  std::string mode = argv[1];
+  if (mode == "send") {
+    std::uint64_t seed = std::strtoull(argv[3], nullptr, 10);
+    auto tx = transport::connect(argv[2]);
+    if (!tx) {
+      std::fprintf(stderr, "connect: %s\n", tx.err().to_string().c_str());
+      return 3;
+    }
+    for (int i = 4; i < argc; ++i) {
+      std::size_t bytes = std::strtoull(argv[i], nullptr, 10);
+      auto ok =
+          (*tx)->send(test::pattern_segment(seed, static_cast<std::uint64_t>(i - 4), bytes), 20s);
+      if (!ok) {
+        std::fprintf(stderr, "send %zu: %s\n", bytes, ok.err().to_string().c_str());
+        return 3;
+      }
+    }
+    if (auto ok = (*tx)->flush(20s); !ok) {
+      std::fprintf(stderr, "flush: %s\n", ok.err().to_string().c_str());
+      return 3;
+    }
+    // Give the receiver time to take the last bytes before the socket closes.
+    std::this_thread::sleep_for(300ms);
+    return 0;
+  }
+  if (mode == "hold") {
+    transport::options opts;
+    opts.window_bytes = 1 << 20;
+    opts.segment_bytes_max = 1 << 20;
+    auto rx = transport::listen(argv[2], opts);
+    if (!rx) {
+      std::fprintf(stderr, "listen: %s\n", rx.err().to_string().c_str());
+      return 3;
+    }
+    std::printf("%s\n", (*rx)->address().c_str());
+    std::fflush(stdout);
+    int count = std::atoi(argv[3]);
+    std::vector<transport::segment> held;
+    while (static_cast<int>(held.size()) < count) {
+      auto s = (*rx)->recv(20s);
+      if (!s) {
+        std::fprintf(stderr, "recv: %s\n", s.err().to_string().c_str());
+        return 3;
+      }
+      held.push_back(std::move(*s));
+    }
+    for (;;) std::this_thread::sleep_for(1s); // until killed
+  }
+  return 2;
+}
