@@ -23,6 +23,10 @@ namespace {
 using json = nlohmann::json;
 using steady = std::chrono::steady_clock;
 
+/// How often an idle stream writes an SSE comment, which is how a disconnected client is
+/// noticed while no token is coming (a write to a closed connection fails).
+constexpr std::chrono::milliseconds heartbeat_interval{1000};
+
 double seconds_between(steady::time_point a, steady::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
@@ -183,6 +187,7 @@ struct gateway::impl::exchange {
   std::optional<steady::time_point> last_token;
   std::int64_t created_s = unix_now_s();
   bool role_sent = false;
+  steady::time_point last_write = steady::now(); ///< of the stream, for its heartbeat
   bool finished = false; ///< outcome counted and the admission slot given back
   std::mutex finish_mu;
 
@@ -480,9 +485,15 @@ void gateway::impl::handle_completion(endpoint_kind kind, const httplib::Request
           }
           out += sse_done;
         }
-        // A failed write means the client went away: returning false ends the response and
-        // the releaser below cancels the request.
-        if (!out.empty() && !sink.write(out.data(), out.size())) return false;
+        // An idle stream still writes an SSE comment now and then: only a write tells that
+        // the client went away (then the releaser below cancels the request and frees its KV).
+        const auto now = steady::now();
+        if (out.empty() && now - ex->last_write > heartbeat_interval) out = ": keep-alive\n\n";
+        // A failed write means the client went away: returning false ends the response.
+        if (!out.empty()) {
+          if (!sink.write(out.data(), out.size())) return false;
+          ex->last_write = now;
+        }
         if (s.ended) {
           ex->finish(outcome, s.error ? s.error->message : std::string{});
           sink.done();
