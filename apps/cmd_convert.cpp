@@ -5,7 +5,6 @@
 
 #include <fmt/core.h>
 
-#include <map>
 #include <memory>
 
 namespace duet::apps {
@@ -17,20 +16,21 @@ void setup_convert(CLI::App& app) {
     std::string model;
     std::string tokenizer;
     std::string out;
-    engine::dtype type = engine::dtype::f32;
+    std::string type = "f32";
   };
   auto opts = std::make_shared<options>();
   auto* cmd = app.add_subcommand("convert", "Convert a llama2.c checkpoint + tokenizer to GGUF");
   cmd->add_option("--model", opts->model, "llama2.c checkpoint (.bin)")->required();
   cmd->add_option("--tokenizer", opts->tokenizer, "llama2.c tokenizer (tok*.bin)")->required();
   cmd->add_option("--out", opts->out, "GGUF file to write")->required();
-  const std::map<std::string, engine::dtype> types{
-      {"f32", engine::dtype::f32}, {"f16", engine::dtype::f16}, {"q8_0", engine::dtype::q8_0}};
-  cmd->add_option("--type", opts->type, "Tensor type: f32, f16 or q8_0 (norms stay f32)")
-      ->transform(CLI::CheckedTransformer(types, CLI::ignore_case))
+  cmd->add_option("--type", opts->type,
+                  "Tensor type: f32, f16 or q8_0 (norms stay f32; q8_0 tensors whose rows are "
+                  "not a multiple of 32 are stored as f16)")
+      ->check(CLI::IsMember({"f32", "f16", "q8_0"}))
       ->capture_default_str();
   cmd->callback([opts] {
-    engine::convert_llama2c_to_gguf(opts->model, opts->tokenizer, opts->out, opts->type,
+    engine::convert_llama2c_to_gguf(opts->model, opts->tokenizer, opts->out,
+                                    *engine::parse_dtype(opts->type),
                                     [](const std::string& line) { fmt::print("{}\n", line); });
   });
 }

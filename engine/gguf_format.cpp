@@ -72,6 +72,12 @@ std::uint32_t ggml_type_of(dtype t) {
   return ggml_type_id::f32;
 }
 
+std::optional<dtype> parse_dtype(std::string_view name) {
+  for (dtype t : {dtype::f32, dtype::f16, dtype::q8_0})
+    if (dtype_name(t) == name) return t;
+  return std::nullopt;
+}
+
 std::optional<dtype> dtype_of_ggml(std::uint32_t id) {
   switch (id) {
   case ggml_type_id::f32:

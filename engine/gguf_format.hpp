@@ -78,6 +78,9 @@ std::optional<ggml_type_traits> ggml_traits(std::uint32_t id);
 /// ggml type id of a duet dtype (f32 -> 0, f16 -> 1, q8_0 -> 8).
 std::uint32_t ggml_type_of(dtype t);
 
+/// dtype named "f32", "f16" or "q8_0" (as dtype_name spells them), else nullopt.
+std::optional<dtype> parse_dtype(std::string_view name);
+
 /// duet dtype of a ggml type id, nullopt for any type duet cannot compute with.
 std::optional<dtype> dtype_of_ggml(std::uint32_t id);
 
