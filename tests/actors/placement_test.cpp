@@ -1,5 +1,6 @@
 // Placement, profiles and errors: pure functions, stated exactly.
 #include "actors/errors.hpp"
+#include "actors/fault_injector.hpp"
 #include "actors/placement.hpp"
 #include "actors/profiles.hpp"
 

@@ -1,0 +1,300 @@
+#include "actors/cluster.hpp"
+
+#include "actors/controller.hpp"
+#include "actors/errors.hpp"
+#include "actors/fabric_messages.hpp"
+#include "actors/kv_link.hpp"
+#include "actors/request_actor.hpp"
+#include "engine/error.hpp"
+
+#include <caf/all.hpp>
+
+#include <fmt/core.h>
+
+#include <atomic>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <stdexcept>
+#include <unistd.h>
+
+namespace duet::actors {
+
+namespace {
+
+std::atomic<std::uint64_t> cluster_serial{0};
+
+/// CAF settings for an embedded cluster: few workers that sleep when idle (the sharing
+/// policy waits on a condition variable; work stealing polls), engine work on detached actors.
+struct fabric_system_config : caf::actor_system_config {
+  explicit fabric_system_config(int workers) {
+    set("scheduler.policy", caf::atom("sharing"));
+    set("scheduler.max-threads", std::max(1, workers));
+    set("logger.verbosity", caf::atom("quiet"));
+    add_fabric_error_category(*this);
+  }
+};
+
+model_footprint footprint_of(const engine::model_weights& w, const cluster_config& cfg) {
+  model_footprint f;
+  f.n_layers = w.config.n_layers;
+  double total = double(w.token_embedding.bytes()) + double(w.rms_final.bytes());
+  if (w.classifier.data != w.token_embedding.data) total += double(w.classifier.bytes());
+  for (const auto& l : w.layers)
+    total += double(l.rms_att.bytes() + l.wq.bytes() + l.wk.bytes() + l.wv.bytes() + l.wo.bytes() +
+                    l.rms_ffn.bytes() + l.w1.bytes() + l.w2.bytes() + l.w3.bytes());
+  f.weight_bytes_total = total;
+  f.kv_bytes_per_token = double(w.config.n_layers) * 2.0 * w.config.kv_dim() * sizeof(float);
+  f.kv_budget_tokens = w.config.seq_len * std::max(1, cfg.decode_sequences_max);
+  return f;
+}
+
+std::string listen_address_for(const std::string& transport, std::uint64_t serial, int node) {
+  if (transport == "inproc")
+    return fmt::format("inproc://duet-{}-{}-lane-{}", getpid(), serial, node);
+  if (transport == "zmq+tcp" || transport == "zmq") return "zmq+tcp://127.0.0.1:0";
+  if (transport == "zmq+ipc")
+    return fmt::format("zmq+ipc:///tmp/duet-{}-{}-lane-{}", getpid(), serial, node);
+  if (transport == "fabric+shm" || transport == "fabric:shm") return "fabric+shm://";
+  if (transport == "fabric+tcp" || transport == "fabric:tcp") return "fabric+tcp://127.0.0.1";
+  if (transport.find("://") != std::string::npos) return transport;
+  throw std::invalid_argument(
+      fmt::format("unknown transport '{}' (inproc, zmq+tcp, zmq+ipc, fabric+shm, fabric+tcp, "
+                  "actor)",
+                  transport));
+}
+
+class embedded_cluster final : public cluster {
+public:
+  explicit embedded_cluster(cluster_config config)
+      : serial_(++cluster_serial), system_config_(config.caf_workers) {
+    try {
+      ctx_ = std::make_shared<fabric_context>(
+          engine::open_model(config.model_path, config.tokenizer_path), config.faults);
+    } catch (const std::exception& e) {
+      throw std::runtime_error(fmt::format("cluster: cannot load model: {}", e.what()));
+    }
+    ctx_->config = config;
+    ctx_->stop_tokens.push_back(ctx_->model.tok.eos_id());
+    // llama2.c models end a story with BOS, as run.c stops on it.
+    if (ctx_->model.format == engine::model_format::llama2c)
+      ctx_->stop_tokens.push_back(ctx_->model.tok.bos_id());
+    ctx_->transport_label = config.transport;
+    model_name_ = std::filesystem::path(config.model_path).stem().string();
+    if (config.prefill_nodes < 0 || config.decode_nodes < 1)
+      throw std::invalid_argument(
+          fmt::format("cluster: need >= 1 decode node and >= 0 prefill nodes, got prefill={} "
+                      "decode={}",
+                      config.prefill_nodes, config.decode_nodes));
+    auto prefill_profile = find_profile(config.prefill_profile);
+    auto decode_profile = find_profile(config.decode_profile);
+    if (!prefill_profile || !decode_profile)
+      throw std::invalid_argument(
+          fmt::format("cluster: unknown profile '{}' (known: trainium2, "
+                      "wse3, cpu)",
+                      !prefill_profile ? config.prefill_profile : config.decode_profile));
+    const auto& weights = *ctx_->model.weights;
+    auto footprint = footprint_of(weights, config);
+
+    controller_spec spec;
+    std::vector<node_view> views;
+    for (int i = 0; i < config.prefill_nodes + config.decode_nodes; ++i) {
+      node_spec n;
+      n.node_id = i;
+      n.prefill = i < config.prefill_nodes;
+      n.decode = !n.prefill;
+      n.profile = n.prefill ? *prefill_profile : *decode_profile;
+      if (n.decode) {
+        // A decode lane holds every layer and its whole KV pool.
+        if (auto err = check_fit(n.profile, footprint, footprint.n_layers))
+          throw std::runtime_error(fmt::format("cluster: decode node {}: {}", i, describe(err)));
+      }
+      node_view v;
+      v.node_id = i;
+      v.profile = n.profile;
+      v.prefill = n.prefill;
+      v.decode = n.decode;
+      views.push_back(v);
+      spec.nodes.push_back(std::move(n));
+    }
+    if (config.prefill_nodes > 0) {
+      auto plans = plan_prefill_pipelines(views, footprint, config.prefill_split);
+      if (!plans) throw std::runtime_error("cluster: " + describe(plans.error()));
+      spec.pipelines = std::move(*plans);
+    }
+    ctx_->metrics = make_fabric_metrics(config.metrics, config.transport, int(spec.nodes.size()));
+
+    if (config.transport != "actor") {
+      for (auto& n : spec.nodes) {
+        if (!n.decode) continue;
+        auto name = decode_lane_name(n.node_id);
+        auto ctx = ctx_;
+        auto pump = kv_pump::start(ctx_, listen_address_for(config.transport, serial_, n.node_id),
+                                   [ctx, name] { return ctx->registry.handle(name); });
+        if (!pump) throw std::runtime_error("cluster: " + describe(pump.error()));
+        n.kv_address = (*pump)->address();
+        pumps_.push_back(std::move(*pump));
+      }
+    }
+    system_ = std::make_unique<caf::actor_system>(system_config_);
+    controller_ = spawn_controller(*system_, ctx_, std::move(spec));
+  }
+
+  ~embedded_cluster() override {
+    std::vector<caf::actor> live;
+    {
+      std::lock_guard guard{mutex_};
+      for (auto& [id, handle] : requests_) live.push_back(handle);
+    }
+    for (auto& handle : live) caf::anon_send(handle, cancel_atom::value);
+    pumps_.clear(); // joins the receive threads before the lanes go away
+    caf::anon_send_exit(controller_, caf::exit_reason::user_shutdown);
+    controller_ = caf::actor{};
+    system_.reset(); // waits for every actor
+  }
+
+  void submit(completion_request request, completion_callbacks callbacks) override {
+    auto id = next_id_.fetch_add(1) + 1;
+    std::string name = request.request_id;
+    {
+      std::lock_guard guard{mutex_};
+      ids_[name] = id;
+    }
+    auto handle = spawn_request_actor(*system_, ctx_, controller_, id, std::move(request),
+                                      std::move(callbacks), [this, name, id] { forget(name, id); });
+    std::lock_guard guard{mutex_};
+    // The actor may already have finished (a request refused at once): keep only live ones.
+    auto it = ids_.find(name);
+    if (it != ids_.end() && it->second == id) requests_[name] = handle;
+  }
+
+  void cancel(const std::string& request_id) override {
+    caf::actor handle;
+    {
+      std::lock_guard guard{mutex_};
+      auto it = requests_.find(request_id);
+      if (it == requests_.end()) return;
+      handle = it->second;
+    }
+    caf::anon_send(handle, cancel_atom::value);
+  }
+
+  bool ready() const override {
+    for (const auto& e : ctx_->registry.snapshot())
+      if (e.kind == actor_kind::decode_lane && e.alive) return true;
+    return false;
+  }
+
+  int context_length() const override { return ctx_->model.weights->config.seq_len; }
+
+  const engine::tokenizer& tokenizer() const override { return ctx_->model.tok; }
+  std::string model_name() const override { return model_name_; }
+
+  std::size_t kv_blocks_in_use() const override {
+    std::int64_t total = 0;
+    for (const auto& e : ctx_->registry.snapshot()) total += e.blocks_used->load();
+    return std::size_t(total);
+  }
+
+  fault_injector& faults() override { return ctx_->faults; }
+
+  bool kill_actor(const std::string& name) override {
+    auto handle = ctx_->registry.handle(name);
+    if (!handle) return false;
+    caf::anon_send_exit(handle, caf::exit_reason::kill);
+    return true;
+  }
+
+  std::string kill_random(actor_kind kind) override {
+    std::vector<actor_entry> candidates;
+    for (auto& e : ctx_->registry.snapshot())
+      if (e.kind == kind && e.alive) candidates.push_back(e);
+    if (candidates.empty()) return {};
+    auto& victim = candidates[ctx_->faults.pick(candidates.size())];
+    caf::anon_send_exit(victim.handle, caf::exit_reason::kill);
+    return victim.name;
+  }
+
+  std::vector<std::string> actor_names() const override {
+    std::vector<std::string> out;
+    for (const auto& e : ctx_->registry.snapshot())
+      if (e.alive) out.push_back(e.name);
+    return out;
+  }
+
+  cluster_stats stats() const override {
+    const auto& c = ctx_->counters;
+    cluster_stats s;
+    s.requests_started = c.requests_started.load();
+    s.requests_finished = c.requests_finished.load();
+    s.integrated = c.integrated.load();
+    s.disaggregated = c.disaggregated.load();
+    s.actor_restarts = c.actor_restarts.load();
+    s.request_retries = c.request_retries.load();
+    s.kv_segments_sent = c.kv_segments_sent.load();
+    s.kv_bytes_sent = c.kv_bytes_sent.load();
+    s.kv_send_seconds = double(c.kv_send_ns.load()) * 1e-9;
+    s.kv_segments_rejected = c.kv_segments_rejected.load();
+    return s;
+  }
+
+private:
+  void forget(const std::string& name, std::uint64_t id) {
+    std::lock_guard guard{mutex_};
+    auto it = ids_.find(name);
+    if (it == ids_.end() || it->second != id) return;
+    ids_.erase(it);
+    requests_.erase(name);
+  }
+
+  std::uint64_t serial_;
+  fabric_system_config system_config_;
+  std::shared_ptr<fabric_context> ctx_;
+  std::string model_name_;
+  std::vector<std::unique_ptr<kv_pump>> pumps_;
+  std::unique_ptr<caf::actor_system> system_;
+  caf::actor controller_;
+  std::atomic<std::uint64_t> next_id_{0};
+  std::mutex mutex_;
+  std::map<std::string, caf::actor> requests_;
+  std::map<std::string, std::uint64_t> ids_;
+};
+
+} // namespace
+
+std::unique_ptr<cluster> make_embedded_cluster(cluster_config config) {
+  return std::make_unique<embedded_cluster>(std::move(config));
+}
+
+void parse_local_shape(const std::string& text, cluster_config& config) {
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    auto end = text.find(',', start);
+    if (end == std::string::npos) end = text.size();
+    auto part = text.substr(start, end - start);
+    auto eq = part.find('=');
+    if (eq == std::string::npos)
+      throw std::invalid_argument(fmt::format("'{}' in '{}' is not key=value", part, text));
+    auto key = part.substr(0, eq);
+    int value = 0;
+    try {
+      std::size_t used = 0;
+      value = std::stoi(part.substr(eq + 1), &used);
+      if (used != part.size() - eq - 1) throw std::invalid_argument("trailing");
+    } catch (const std::exception&) {
+      throw std::invalid_argument(fmt::format("'{}' in '{}' is not a number", part, text));
+    }
+    if (key == "prefill")
+      config.prefill_nodes = value;
+    else if (key == "decode")
+      config.decode_nodes = value;
+    else if (key == "split")
+      config.prefill_split = value;
+    else
+      throw std::invalid_argument(
+          fmt::format("unknown key '{}' in '{}' (prefill, decode, split)", key, text));
+    start = end + 1;
+  }
+}
+
+} // namespace duet::actors

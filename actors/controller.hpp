@@ -1,0 +1,43 @@
+#pragma once
+
+// The controller: the cluster's top supervisor. It spawns every prefill shard and decode lane
+// (a slot per actor, named "prefill/<node>/<shard>" and "decode/<node>"), monitors them and
+// restarts a slot whose actor dies (up to actor_restarts_max times; then the slot stays dead
+// and placement avoids it), answers placement queries with the policy of placement.hpp, and
+// keeps the per-node queue depths placement reads.
+
+#include "actors/fabric_context.hpp"
+#include "actors/placement.hpp"
+
+#include <caf/actor.hpp>
+#include <caf/actor_system.hpp>
+
+#include <memory>
+#include <vector>
+
+namespace duet::actors {
+
+/// One node of the embedded cluster as the controller builds it.
+struct node_spec {
+  int node_id = 0;
+  hardware_profile profile;
+  bool prefill = false;
+  bool decode = false;
+  std::string kv_address; ///< decode nodes: where KV for this node's lane goes ("" = CAF)
+};
+
+struct controller_spec {
+  std::vector<node_spec> nodes;
+  std::vector<pipeline_plan> pipelines;
+};
+
+/// Spawns the controller and, through it, every shard and lane of `spec`.
+caf::actor spawn_controller(caf::actor_system& sys, std::shared_ptr<fabric_context> ctx,
+                            controller_spec spec);
+
+/// Name of a decode lane's slot.
+std::string decode_lane_name(int node);
+/// Name of a prefill shard's slot.
+std::string prefill_shard_name(int node, int shard_index);
+
+} // namespace duet::actors

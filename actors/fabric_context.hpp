@@ -1,0 +1,109 @@
+#pragma once
+
+// What every actor of one node group shares: the loaded model (weights are memory-mapped once
+// and shared by every runner), the configuration, the fault injector, counters, and the actor
+// registry the cluster uses to name and kill actors. Thread-safe where it says so.
+
+#include "actors/cluster.hpp"
+#include "actors/fault_injector.hpp"
+#include "engine/model_file.hpp"
+
+#include <caf/actor.hpp>
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace prometheus {
+class Counter;
+class Gauge;
+class Histogram;
+} // namespace prometheus
+
+namespace duet::actors {
+
+/// Lock-free counters, summed into cluster_stats.
+struct fabric_counters {
+  std::atomic<std::uint64_t> requests_started{0};
+  std::atomic<std::uint64_t> requests_finished{0};
+  std::atomic<std::uint64_t> integrated{0};
+  std::atomic<std::uint64_t> disaggregated{0};
+  std::atomic<std::uint64_t> actor_restarts{0};
+  std::atomic<std::uint64_t> request_retries{0};
+  std::atomic<std::uint64_t> kv_segments_sent{0};
+  std::atomic<std::uint64_t> kv_bytes_sent{0};
+  std::atomic<std::uint64_t> kv_send_ns{0};
+  std::atomic<std::uint64_t> kv_segments_rejected{0};
+};
+
+/// Prometheus instruments (all null when the cluster has no registry).
+struct fabric_metrics {
+  prometheus::Counter* kv_bytes = nullptr;
+  prometheus::Histogram* kv_transfer_seconds = nullptr;
+  prometheus::Counter* restarts_prefill = nullptr;
+  prometheus::Counter* restarts_decode = nullptr;
+  prometheus::Counter* placed_integrated = nullptr;
+  prometheus::Counter* placed_disaggregated = nullptr;
+  std::vector<prometheus::Gauge*> kv_blocks_used; ///< [node]
+  std::vector<prometheus::Gauge*> kv_blocks_free; ///< [node]
+  std::vector<prometheus::Gauge*> queue_depth;    ///< [node]
+};
+
+/// One supervised actor: its name, kind, node and current incarnation.
+struct actor_entry {
+  std::string name; ///< "prefill/<node>/<shard>" or "decode/<node>"
+  actor_kind kind = actor_kind::prefill_shard;
+  int node = 0;
+  caf::actor handle; ///< current incarnation (invalid while dead)
+  bool alive = false;
+  /// KV blocks held by the current incarnation (published by the actor; 0 when dead).
+  std::shared_ptr<std::atomic<std::int64_t>> blocks_used =
+      std::make_shared<std::atomic<std::int64_t>>(0);
+  std::shared_ptr<std::atomic<std::int64_t>> blocks_free =
+      std::make_shared<std::atomic<std::int64_t>>(0);
+};
+
+/// Names -> actors. The controller writes it; the cluster reads it (kill, names, KV totals).
+class actor_registry {
+public:
+  void put(const actor_entry& entry);
+  void set_handle(const std::string& name, caf::actor handle, bool alive);
+  std::vector<actor_entry> snapshot() const;
+  std::optional<actor_entry> find(const std::string& name) const;
+  /// Actor currently registered under `name` (invalid if none or dead).
+  caf::actor handle(const std::string& name) const;
+  /// Drops every handle (shutdown: actors hold the context, so the registry must let go of
+  /// them or their threads would wait for the last reference forever).
+  void clear();
+
+private:
+  mutable std::mutex mutex_;
+  std::map<std::string, actor_entry> entries_;
+};
+
+struct fabric_context {
+  fabric_context(engine::loaded_model loaded, fault_config faults_config)
+      : model(std::move(loaded)), faults(std::move(faults_config)) {}
+
+  cluster_config config;
+  engine::loaded_model model;
+  std::vector<int> stop_tokens; ///< EOS (+ BOS for llama2.c, as run.c)
+  fault_injector faults;
+  fabric_counters counters;
+  fabric_metrics metrics;
+  actor_registry registry;
+  std::string transport_label; ///< metrics label
+};
+
+/// The prometheus instruments of `registry` for `n_nodes` nodes (no-op when registry is null).
+fabric_metrics make_fabric_metrics(const std::shared_ptr<prometheus::Registry>& registry,
+                                   const std::string& transport, int n_nodes);
+
+/// Adds seconds to the KV transfer histogram and bytes to the counter (when present).
+void observe_kv_transfer(const fabric_metrics& metrics, double seconds, std::uint64_t bytes);
+
+} // namespace duet::actors

@@ -1,0 +1,116 @@
+#include "actors/kv_link.hpp"
+
+#include <caf/send.hpp>
+
+#include <fmt/core.h>
+
+#include <chrono>
+
+namespace duet::actors {
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+/// How long a shard waits for the lane's credit before it reports the transfer failed: long
+/// enough for a busy lane to drain a window, short enough that a dead lane is noticed.
+constexpr std::chrono::milliseconds send_timeout{5000};
+
+/// The pump wakes this often to notice shutdown.
+constexpr std::chrono::milliseconds recv_poll{100};
+
+} // namespace
+
+caf::error kv_sender_set::send(const prefill_route& route, transport::segment seg) {
+  auto verdict = ctx_->faults.next_segment();
+  if (verdict.delay_ms > 0)
+    std::this_thread::sleep_for(std::chrono::milliseconds(verdict.delay_ms));
+  if (verdict.drop) return caf::none; // lost on the wire: the lane's KV timeout notices
+  auto bytes = seg.payload.size();
+  auto start = clock_type::now();
+  if (route.kv_address.empty()) {
+    seg.header.payload_bytes = bytes;
+    seg.header.checksum_xxh3 = messages::checksum_xxh3(seg.payload.bytes());
+    if (verdict.corrupt && bytes > 0) seg.payload.mutable_bytes()[bytes / 2] ^= std::byte{0x5a};
+    caf::anon_send(route.lane, kv_arrived{std::make_shared<transport::segment>(std::move(seg))});
+  } else {
+    auto& tx = senders_[route.kv_address];
+    if (!tx) {
+      auto connected = transport::connect(route.kv_address);
+      if (!connected) {
+        senders_.erase(route.kv_address);
+        return make_error(fabric_errc::transport_failure,
+                          fmt::format("connect to lane at {}: {}", route.kv_address,
+                                      connected.err().to_string()));
+      }
+      tx = std::move(connected.value());
+    }
+    if (verdict.corrupt) tx->faults().corrupt_next = true;
+    auto sent = tx->send(std::move(seg), send_timeout);
+    if (!sent) {
+      // A broken connection is not reused: the next segment reconnects (the lane may be new).
+      senders_.erase(route.kv_address);
+      return make_error(
+          fabric_errc::transport_failure,
+          fmt::format("send to lane at {}: {}", route.kv_address, sent.err().to_string()));
+    }
+  }
+  auto seconds = std::chrono::duration<double>(clock_type::now() - start).count();
+  ctx_->counters.kv_segments_sent.fetch_add(1, std::memory_order_relaxed);
+  ctx_->counters.kv_bytes_sent.fetch_add(bytes, std::memory_order_relaxed);
+  ctx_->counters.kv_send_ns.fetch_add(static_cast<std::uint64_t>(seconds * 1e9),
+                                      std::memory_order_relaxed);
+  observe_kv_transfer(ctx_->metrics, seconds, bytes);
+  return caf::none;
+}
+
+caf::expected<std::unique_ptr<kv_pump>> kv_pump::start(std::shared_ptr<fabric_context> ctx,
+                                                       const std::string& listen_address,
+                                                       std::function<caf::actor()> lane) {
+  auto rx = transport::listen(listen_address);
+  if (!rx)
+    return make_error(fabric_errc::transport_failure,
+                      fmt::format("listen on {}: {}", listen_address, rx.err().to_string()));
+  std::unique_ptr<kv_pump> pump{new kv_pump};
+  pump->ctx_ = std::move(ctx);
+  pump->receiver_ = std::move(rx.value());
+  pump->address_ = pump->receiver_->address();
+  pump->lane_ = std::move(lane);
+  pump->thread_ = std::thread([p = pump.get()] { p->run(); });
+  return pump;
+}
+
+kv_pump::~kv_pump() {
+  stop_ = true;
+  if (thread_.joinable()) thread_.join();
+}
+
+void kv_pump::run() {
+  while (!stop_.load()) {
+    auto got = receiver_->recv(recv_poll);
+    if (got) {
+      auto lane = lane_();
+      if (lane)
+        caf::anon_send(lane, kv_arrived{std::make_shared<transport::segment>(std::move(*got))});
+      continue;
+    }
+    auto code = got.code();
+    if (code == transport::errc::timeout) continue;
+    if (code == transport::errc::closed) break;
+    // Rejected on arrival (corrupt, truncated, duplicate, ...): dropped and counted; the lane
+    // notices the missing range by its KV timeout and the request re-runs its prefill.
+    ctx_->counters.kv_segments_rejected.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+std::string kv_segment_problem(const transport::segment& seg) {
+  if (seg.header.payload_bytes != seg.payload.size())
+    return fmt::format("payload of {} bytes, header says {}", seg.payload.size(),
+                       seg.header.payload_bytes);
+  if (auto problem = messages::kv_header_problem(seg.header); !problem.empty()) return problem;
+  if (messages::checksum_xxh3(seg.payload.bytes()) != seg.header.checksum_xxh3)
+    return "checksum mismatch";
+  return {};
+}
+
+} // namespace duet::actors

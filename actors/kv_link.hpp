@@ -1,0 +1,70 @@
+#pragma once
+
+// The sending and receiving ends of KV movement as the actors see them.
+//
+// Sending (a prefill shard): `kv_sender_set` keeps one transport sender per decode lane
+// address, connected on first use, and applies the fault injector's verdict for each segment
+// (drop, delay, corrupt). With no address (transport "actor") the segment travels as a CAF
+// message to the lane, checksummed the same way, so every path is verified on arrival.
+//
+// Receiving (a decode node): `kv_pump` owns the lane's transport receiver and a thread that
+// waits in recv() (blocking with a timeout, never spinning) and forwards each accepted segment
+// to whichever lane actor currently serves the node (it survives lane restarts).
+
+#include "actors/fabric_context.hpp"
+#include "actors/fabric_messages.hpp"
+#include "transport/transport.hpp"
+
+#include <caf/actor.hpp>
+#include <caf/error.hpp>
+
+#include <atomic>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+
+namespace duet::actors {
+
+class kv_sender_set {
+public:
+  explicit kv_sender_set(std::shared_ptr<fabric_context> ctx) : ctx_(std::move(ctx)) {}
+
+  /// Sends one segment towards `route`'s lane. Errors are fabric errors (transport_failure).
+  caf::error send(const prefill_route& route, transport::segment seg);
+
+private:
+  std::shared_ptr<fabric_context> ctx_;
+  std::map<std::string, std::unique_ptr<transport::sender>> senders_;
+};
+
+class kv_pump {
+public:
+  /// Binds a receiver at `listen_address` ("inproc://lane-0", "zmq+tcp://127.0.0.1:0", ...).
+  /// `lane` is asked for the current lane actor for every segment.
+  static caf::expected<std::unique_ptr<kv_pump>> start(std::shared_ptr<fabric_context> ctx,
+                                                       const std::string& listen_address,
+                                                       std::function<caf::actor()> lane);
+  ~kv_pump();
+
+  /// The concrete address senders connect to.
+  const std::string& address() const { return address_; }
+
+private:
+  kv_pump() = default;
+  void run();
+
+  std::shared_ptr<fabric_context> ctx_;
+  std::unique_ptr<transport::receiver> receiver_;
+  std::function<caf::actor()> lane_;
+  std::string address_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+/// Checks a segment that arrived as a CAF message (transport "actor"): header sane, payload
+/// size as announced, checksum equal. Empty string when valid.
+std::string kv_segment_problem(const transport::segment& seg);
+
+} // namespace duet::actors

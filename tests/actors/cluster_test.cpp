@@ -1,0 +1,51 @@
+// The embedded cluster end to end: real actors, the real CPU engine, real transports; every
+// path must give exactly the tokens of one plain engine run (contract 1 of DESIGN.md).
+#include "tests/actors/fabric_support.hpp"
+
+#include "engine/tokenizer.hpp"
+
+using namespace duet;
+using namespace duet::test;
+
+namespace {
+
+std::vector<int> story_prompt(actors::cluster& c) {
+  return c.tokenizer().encode("Once upon a time, there was a little girl named Lily who", true);
+}
+
+void check_one_request(actors::cluster_config cfg, actors::placement_mode mode) {
+  auto cluster = actors::make_embedded_cluster(cfg);
+  auto prompt = story_prompt(*cluster);
+  auto expected = reference_tokens(prompt, 40);
+  collector col;
+  cluster->submit(make_request("r1", prompt, 40, mode), col.callbacks());
+  auto out = col.wait();
+  INFO(out.result.error_message);
+  CHECK(out.result.error == actors::service_error::none);
+  CHECK(out.tokens == expected);
+  check_positions(out, int(prompt.size()));
+  CHECK(out.result.disaggregated == (mode == actors::placement_mode::disaggregated));
+  CHECK(settled_kv_blocks(*cluster) == 0);
+}
+
+} // namespace
+
+TEST_CASE("one disaggregated request over CAF messages gives the single-engine greedy tokens") {
+  auto cfg = stories_config();
+  cfg.transport = "actor";
+  check_one_request(cfg, actors::placement_mode::disaggregated);
+}
+
+TEST_CASE("one integrated request gives the single-engine greedy tokens") {
+  auto cfg = stories_config();
+  cfg.transport = "actor";
+  check_one_request(cfg, actors::placement_mode::integrated);
+}
+
+TEST_CASE("one disaggregated request with prefill split over 2 shards gives the same tokens") {
+  auto cfg = stories_config();
+  cfg.transport = "actor";
+  cfg.prefill_nodes = 2;
+  cfg.prefill_split = 2;
+  check_one_request(cfg, actors::placement_mode::disaggregated);
+}
