@@ -24,6 +24,11 @@ void poke(bytes_t& b, std::uint64_t at, T v) {
   std::memcpy(b.data() + at, &v, sizeof(T));
 }
 
+/// Cuts `b` to its first n bytes (erase, not resize: nothing can grow).
+void truncate(bytes_t& b, std::size_t n) {
+  if (n < b.size()) b.erase(b.begin() + static_cast<std::ptrdiff_t>(n), b.end());
+}
+
 struct corruption {
   std::string what;
   std::function<void(bytes_t&, const gguf_file&)> apply;
@@ -51,13 +56,13 @@ TEST_CASE("corrupt GGUF files are refused with errors that name the file and the
   const std::vector<corruption> table{
       {"empty file", [](bytes_t& b, const gguf_file&) { b.clear(); }, {"offset 0", "magic"}},
       {"truncated header",
-       [](bytes_t& b, const gguf_file&) { b.resize(12); },
+       [](bytes_t& b, const gguf_file&) { truncate(b, 12); },
        {"offset 8", "file ends while reading the tensor count"}},
       {"truncated metadata",
-       [](bytes_t& b, const gguf_file&) { b.resize(5000); },
+       [](bytes_t& b, const gguf_file&) { truncate(b, 5000); },
        {"file ends while reading", "tokenizer.ggml.tokens"}},
       {"truncated tensor infos",
-       [&](bytes_t& b, const gguf_file&) { b.resize(q0->info_offset + 10); },
+       [&](bytes_t& b, const gguf_file&) { truncate(b, q0->info_offset + 10); },
        {"file ends while reading the name of tensor 3"}},
       {"bad magic",
        [](bytes_t& b, const gguf_file&) { b[3] = 'X'; },
@@ -69,7 +74,7 @@ TEST_CASE("corrupt GGUF files are refused with errors that name the file and the
        [](bytes_t& b, const gguf_file&) { poke<std::uint32_t>(b, 4, 3u << 24); },
        {"big-endian"}},
       {"tensor data past end of file",
-       [](bytes_t& b, const gguf_file&) { b.resize(b.size() - 100); },
+       [](bytes_t& b, const gguf_file&) { truncate(b, b.size() - 100); },
        {"blk.4.ffn_norm.weight", "runs past the end of the file"}},
       {"unknown tensor type",
        [&](bytes_t& b, const gguf_file&) { poke<std::uint32_t>(b, type_field_offset(*q0), 99); },
@@ -174,7 +179,7 @@ TEST_CASE("random byte damage to the header region never crashes the parser") {
     std::uniform_int_distribution<std::uint64_t> pos(0, layout.data_offset - 1);
     const int flips = 1 + static_cast<int>(rng() % 8);
     for (int i = 0; i < flips; ++i) b[pos(rng)] = static_cast<std::uint8_t>(rng());
-    if (rng() % 4 == 0) b.resize(pos(rng));
+    if (rng() % 4 == 0) truncate(b, pos(rng));
     const auto r = parse_gguf_bytes(b.data(), b.size());
     refused += r.error.empty() ? 0 : 1;
   }
