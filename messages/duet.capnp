@@ -65,6 +65,8 @@ struct KvSegment {
     nextFrame @12 :Void;      # the following transport frame (zmq multipart)
     remote @13 :RemoteRegion; # already written by RMA into the receiver's window
   }
+  streamId @14 :UInt64;       # the sender's stream (StreamHello.streamId); 0 where the
+                              # transport knows the stream otherwise (zmq identity)
 }
 
 # First frame of a transport stream, sender -> receiver.

@@ -26,6 +26,7 @@ void fill_segment(wire::KvSegment::Builder b, const kv_envelope& e, capnp::Orpha
   b.setChecksumXxh3(h.checksum_xxh3);
   b.setPayloadBytes(h.payload_bytes);
   b.setSequence(e.sequence);
+  b.setStreamId(e.stream_id);
   switch (e.placement) {
   case payload_placement::inline_bytes: {
     auto bytes = e.inline_payload;
@@ -97,6 +98,7 @@ decoded<stream_frame> read_segment(wire::KvSegment::Reader r, std::span<const st
   h.checksum_xxh3 = r.getChecksumXxh3();
   h.payload_bytes = r.getPayloadBytes();
   e.sequence = r.getSequence();
+  e.stream_id = r.getStreamId();
   if (h.payload_bytes > segment_bytes_max)
     return problem{problem_kind::oversized,
                    "kv segment: payload_bytes " + std::to_string(h.payload_bytes) +
@@ -126,10 +128,11 @@ decoded<stream_frame> read_segment(wire::KvSegment::Reader r, std::span<const st
     break;
   case wire::KvSegment::Payload::REMOTE: {
     auto rr = payload.getRemote();
-    if (rr.getLength() != h.payload_bytes)
-      return problem{problem_kind::truncated,
-                     "kv segment: remote region holds " + std::to_string(rr.getLength()) +
-                         " bytes, header says " + std::to_string(h.payload_bytes)};
+    // A length that differs from payload_bytes is reported by the transport's arrival check
+    // (truncated): the receiver still needs the region to account for the sender's credit.
+    if (rr.getLength() > segment_bytes_max)
+      return problem{problem_kind::oversized,
+                     "kv segment: remote region of " + std::to_string(rr.getLength()) + " bytes"};
     e.placement = payload_placement::remote_region;
     e.remote_offset = rr.getOffset();
     e.remote_length = rr.getLength();

@@ -34,7 +34,8 @@ enum class payload_placement : std::uint8_t {
 
 struct kv_envelope {
   kv_segment_header header;
-  std::uint64_t sequence = 0; ///< per-stream sequence: 0, 1, 2, ...
+  std::uint64_t sequence = 0;  ///< per-stream sequence: 0, 1, 2, ...
+  std::uint64_t stream_id = 0; ///< the sender's stream (fabric; zmq knows it by identity)
   payload_placement placement = payload_placement::next_frame;
   std::uint64_t remote_offset = 0; ///< remote_region: offset in the receiver window
   std::uint64_t remote_length = 0; ///< remote_region: bytes written there (== payload_bytes)
@@ -99,7 +100,7 @@ std::vector<std::byte> encode_frame(const stream_frame& frame);
 
 /// Reads one flat frame and validates it: KV header consistent (kv_header_problem), payload
 /// size within segment_bytes_max (oversized), inline payload length == payload_bytes
-/// (truncated), remote region length == payload_bytes (truncated), known union members, hello
+/// (truncated), remote region within segment_bytes_max, known union members, hello
 /// version. Traversal limit: kv_limits(segment_bytes_max).
 decoded<stream_frame> decode_frame(std::span<const std::byte> bytes, std::size_t segment_bytes_max);
 

@@ -116,7 +116,10 @@ public:
   /// header.checksum_xxh3 when it is 0 (or always_checksum), and header.payload_bytes.
   /// Waits for credit up to `timeout` (then errc::timeout; the segment is not sent).
   /// oversized when the payload exceeds segment_bytes_max or the receiver's window.
-  /// Returns once the payload is handed to the backend; it may still be in flight.
+  /// Returns once the payload is handed to the backend (inproc: queued; zmq: given to libzmq,
+  /// may still be in flight); fabric: once written into the receiver's memory by RMA and its
+  /// envelope sent (the envelope must follow the write's completion, and a sender is only
+  /// driven inside its calls).
   virtual result<void> send(segment seg, milliseconds timeout) = 0;
 
   /// Waits until every segment sent so far has left this process (fabric: RMA completed;
