@@ -147,10 +147,11 @@ public:
       for (auto& [id, handle] : requests_) live.push_back(handle);
     }
     for (auto& handle : live) caf::anon_send(handle, cancel_atom::value);
-    pumps_.clear(); // joins the receive threads before the lanes go away
+    for (auto& pump : pumps_) pump->stop(); // no more forwarding into the actor system
     caf::anon_send_exit(controller_, caf::exit_reason::user_shutdown);
     controller_ = caf::actor{};
-    system_.reset(); // waits for every actor
+    system_.reset(); // waits for every actor (the shards close their senders)
+    pumps_.clear();  // receivers last
   }
 
   void submit(completion_request request, completion_callbacks callbacks) override {

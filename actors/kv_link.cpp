@@ -81,6 +81,10 @@ caf::expected<std::unique_ptr<kv_pump>> kv_pump::start(std::shared_ptr<fabric_co
 }
 
 kv_pump::~kv_pump() {
+  stop();
+}
+
+void kv_pump::stop() {
   stop_ = true;
   if (thread_.joinable()) thread_.join();
 }

@@ -48,6 +48,10 @@ public:
                                                        std::function<caf::actor()> lane);
   ~kv_pump();
 
+  /// Stops forwarding (joins the thread) but keeps the receiver bound, so senders that still
+  /// exist can be closed before it (libfabric wants its peers torn down first).
+  void stop();
+
   /// The concrete address senders connect to.
   const std::string& address() const { return address_; }
 

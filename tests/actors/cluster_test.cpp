@@ -49,3 +49,29 @@ TEST_CASE("one disaggregated request with prefill split over 2 shards gives the 
   cfg.prefill_split = 2;
   check_one_request(cfg, actors::placement_mode::disaggregated);
 }
+
+TEST_CASE("one disaggregated request over the inproc transport gives the same tokens") {
+  auto cfg = stories_config();
+  cfg.transport = "inproc";
+  check_one_request(cfg, actors::placement_mode::disaggregated);
+}
+
+TEST_CASE("one disaggregated request over zmq tcp gives the same tokens") {
+  auto cfg = stories_config();
+  cfg.transport = "zmq+tcp";
+  check_one_request(cfg, actors::placement_mode::disaggregated);
+}
+
+TEST_CASE("one disaggregated request over libfabric shm gives the same tokens") {
+  auto cfg = stories_config();
+  cfg.transport = "fabric+shm";
+  check_one_request(cfg, actors::placement_mode::disaggregated);
+}
+
+TEST_CASE("prefill split over 2 shards over libfabric shm gives the same tokens") {
+  auto cfg = stories_config();
+  cfg.transport = "fabric+shm";
+  cfg.prefill_nodes = 2;
+  cfg.prefill_split = 2;
+  check_one_request(cfg, actors::placement_mode::disaggregated);
+}
