@@ -38,7 +38,15 @@ gguf_writer::gguf_writer(std::uint64_t alignment) : alignment_(alignment) {
 }
 
 gguf_writer::~gguf_writer() {
-  if (out_ != nullptr) std::fclose(out_);
+  // Never leave a half-written model behind: an unfinished file is removed.
+  if (out_ != nullptr) {
+    std::fclose(out_);
+    std::remove(partial_path().c_str());
+  }
+}
+
+std::string gguf_writer::partial_path() const {
+  return path_ + ".partial";
 }
 
 void gguf_writer::put_string(std::vector<std::uint8_t>& out, std::string_view s) const {
@@ -155,16 +163,18 @@ std::uint64_t gguf_writer::file_bytes() const {
 
 void gguf_writer::put_raw(const void* p, std::size_t n) {
   if (n != 0 && std::fwrite(p, 1, n, out_) != n)
-    throw engine_error(engine_errc::io_error, path_ + ": write failed: " + std::strerror(errno));
+    throw engine_error(engine_errc::io_error,
+                       partial_path() + ": write failed: " + std::strerror(errno));
 }
 
 void gguf_writer::open(const std::string& path) {
   if (out_ != nullptr)
     throw engine_error(engine_errc::invalid_argument, "gguf_writer: already open");
   path_ = path;
-  out_ = std::fopen(path.c_str(), "wb");
+  out_ = std::fopen(partial_path().c_str(), "wb");
   if (out_ == nullptr)
-    throw engine_error(engine_errc::io_error, path + ": cannot create: " + std::strerror(errno));
+    throw engine_error(engine_errc::io_error,
+                       partial_path() + ": cannot create: " + std::strerror(errno));
   const auto header = header_bytes();
   put_raw(header.data(), header.size());
   current_ = 0;
@@ -207,6 +217,7 @@ void gguf_writer::close() {
     const std::string name = tensors_[current_].name;
     std::fclose(out_);
     out_ = nullptr;
+    std::remove(partial_path().c_str());
     throw engine_error(engine_errc::invalid_argument,
                        path_ + ": closed before the data of tensor '" + name + "' was written");
   }
@@ -214,8 +225,18 @@ void gguf_writer::close() {
   const int err = errno;
   const bool closed = std::fclose(out_) == 0;
   out_ = nullptr;
-  if (!ok || !closed)
+  if (!ok || !closed) {
+    std::remove(partial_path().c_str());
     throw engine_error(engine_errc::io_error, path_ + ": write failed: " + std::strerror(err));
+  }
+  // The finished file appears under its name at once (rename is atomic within a filesystem).
+  if (std::rename(partial_path().c_str(), path_.c_str()) != 0) {
+    const int rerr = errno;
+    std::remove(partial_path().c_str());
+    throw engine_error(engine_errc::io_error,
+                       path_ +
+                           ": cannot rename the finished file into place: " + std::strerror(rerr));
+  }
 }
 
 // -- row codecs ---------------------------------------------------------------------------------

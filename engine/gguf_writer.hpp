@@ -49,7 +49,8 @@ public:
 
   // -- output --------------------------------------------------------------------------------
 
-  /// Creates `path` and writes everything before the data section. Throws engine_error(io_error).
+  /// Creates `path`.partial and writes everything before the data section; close() renames it
+  /// to `path`, and a writer destroyed before that removes it. Throws engine_error(io_error).
   void open(const std::string& path);
   /// Appends bytes of the current tensor's data (tensors in declaration order; a tensor's data
   /// may come in any number of pieces). Throws invalid_argument past the declared sizes.
@@ -69,6 +70,7 @@ private:
   void put_string(std::vector<std::uint8_t>& out, std::string_view s) const;
   void pad_current();
   void put_raw(const void* p, std::size_t n);
+  std::string partial_path() const;
 
   std::uint64_t alignment_;
   std::uint64_t kv_count_ = 0;
