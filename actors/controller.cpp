@@ -70,6 +70,29 @@ void spawn_slot(controller_actor* self, slot& s) {
   st.ctx->registry.put(s.entry);
 }
 
+/// The actor at `source` died: restart its slot (bounded). Unknown or already-replaced
+/// addresses are ignored, so a request's report and the down message can come in any order.
+void slot_down(controller_actor* self, const caf::actor_addr& source) {
+  auto& s = self->state;
+  if (s.stopping || !source) return;
+  for (auto& [name, sl] : s.slots) {
+    if (!sl.entry.alive || sl.entry.handle.address() != source) continue;
+    sl.entry.alive = false;
+    sl.entry.handle = caf::actor{};
+    sl.entry.blocks_used->store(0);
+    sl.entry.blocks_free->store(0);
+    s.ctx->registry.put(sl.entry);
+    if (sl.restarts >= s.ctx->config.actor_restarts_max) return; // stays dead
+    ++sl.restarts;
+    s.ctx->counters.actor_restarts.fetch_add(1, std::memory_order_relaxed);
+    auto* counter = sl.entry.kind == actor_kind::decode_lane ? s.ctx->metrics.restarts_decode
+                                                             : s.ctx->metrics.restarts_prefill;
+    if (counter != nullptr) counter->Increment();
+    spawn_slot(self, sl);
+    return;
+  }
+}
+
 void update_depth_gauges(controller_actor* self) {
   auto& st = self->state;
   for (std::size_t n = 0; n < st.node_depth.size() && n < st.ctx->metrics.queue_depth.size(); ++n)
@@ -125,26 +148,7 @@ caf::behavior controller_impl(controller_actor* self, std::shared_ptr<fabric_con
   }
 
   // The supervisor: restart the one actor that died, boundedly.
-  self->set_down_handler([=](caf::down_msg& dm) {
-    auto& s = self->state;
-    if (s.stopping) return;
-    for (auto& [name, sl] : s.slots) {
-      if (!sl.entry.alive || sl.entry.handle.address() != dm.source) continue;
-      sl.entry.alive = false;
-      sl.entry.handle = caf::actor{};
-      sl.entry.blocks_used->store(0);
-      sl.entry.blocks_free->store(0);
-      s.ctx->registry.put(sl.entry);
-      if (sl.restarts >= s.ctx->config.actor_restarts_max) return; // stays dead
-      ++sl.restarts;
-      s.ctx->counters.actor_restarts.fetch_add(1, std::memory_order_relaxed);
-      auto* counter = sl.entry.kind == actor_kind::decode_lane ? s.ctx->metrics.restarts_decode
-                                                               : s.ctx->metrics.restarts_prefill;
-      if (counter != nullptr) counter->Increment();
-      spawn_slot(self, sl);
-      return;
-    }
-  });
+  self->set_down_handler([=](caf::down_msg& dm) { slot_down(self, dm.source); });
   self->set_exit_handler([=](caf::exit_msg& em) {
     auto& s = self->state;
     s.stopping = true;
@@ -158,6 +162,7 @@ caf::behavior controller_impl(controller_actor* self, std::shared_ptr<fabric_con
   return {
       [=](place_atom, place_query& q) -> caf::result<placement_reply> {
         auto& s = self->state;
+        slot_down(self, q.dead);
         unassign(self, q.request);
         std::vector<node_view> views;
         int decode_alive = 0;

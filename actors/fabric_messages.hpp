@@ -14,6 +14,7 @@
 #include "messages/kv_segment.hpp"
 
 #include <caf/actor.hpp>
+#include <caf/actor_addr.hpp>
 #include <caf/allowed_unsafe_message_type.hpp>
 #include <caf/atom.hpp>
 #include <caf/error.hpp>
@@ -205,12 +206,15 @@ struct place_query {
   int max_tokens = 0;
   std::uint8_t mode = 0;      ///< placement_mode
   int avoid_decode_node = -1; ///< a node that just failed this request (-1: none)
+  /// An actor the request saw die: the controller restarts its slot now if it has not yet
+  /// (down messages reach monitors in no guaranteed order), so no dead handle is handed out.
+  caf::actor_addr dead;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, place_query& x) {
   return f(caf::meta::type_name("place_query"), x.request, x.prompt_tokens, x.max_tokens, x.mode,
-           x.avoid_decode_node);
+           x.avoid_decode_node, x.dead);
 }
 
 } // namespace duet::actors

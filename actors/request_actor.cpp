@@ -33,6 +33,7 @@ struct request_state {
   int restarts = 0;
   bool finished = false;
   int last_failed_node = -1;
+  caf::actor_addr dead; ///< the actor whose death caused the current retry
 
   static inline const char* name = "request";
 
@@ -83,9 +84,11 @@ void finish(request_actor* self, finish_reason reason, caf::error err = caf::non
 }
 
 /// Something under the current epoch failed: re-place and re-run, boundedly.
-void handle_failure(request_actor* self, caf::error err, bool actor_died) {
+void handle_failure(request_actor* self, caf::error err, bool actor_died,
+                    caf::actor_addr dead = {}) {
   auto& st = self->state;
   if (st.finished) return;
+  st.dead = std::move(dead);
   if (actor_died) ++st.restarts;
   st.last_failed_node = st.placement.decode_node;
   if (++st.retries > st.ctx->config.request_retries_max) {
@@ -143,6 +146,7 @@ void place(request_actor* self) {
   q.max_tokens = st.req.max_tokens - int(st.emitted.size());
   q.mode = static_cast<std::uint8_t>(st.req.placement);
   q.avoid_decode_node = st.last_failed_node;
+  q.dead = st.dead;
   self->request(st.controller, caf::infinite, place_atom::value, q)
       .then(
           [=](placement_reply& reply) {
@@ -242,7 +246,7 @@ caf::behavior request_impl(request_actor* self, std::shared_ptr<fabric_context> 
                      make_error(fabric_errc::actor_crashed,
                                 fmt::format("{} died: {}", lane ? "decode lane" : "prefill shard",
                                             describe(dm.reason))),
-                     true);
+                     true, dm.source);
   });
   self->delayed_send(self, st.deadline - clock_type::now(), deadline_atom::value);
   place(self);

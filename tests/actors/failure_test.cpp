@@ -1,0 +1,141 @@
+// Failure handling end to end (DESIGN.md, failure semantics): actors die mid-request, KV
+// segments are lost or corrupted, and every request still ends with exactly the fault-free
+// tokens, positions contiguous, all KV blocks back in their pools. Faults are deterministic
+// rules of the seeded fault injector, so each run replays.
+#include "tests/actors/fabric_support.hpp"
+
+#include "engine/tokenizer.hpp"
+
+#include <random>
+
+using namespace duet;
+using namespace duet::test;
+
+namespace {
+
+std::vector<int> prompt_of(actors::cluster& c, const char* text) {
+  return c.tokenizer().encode(text, true);
+}
+
+} // namespace
+
+TEST_CASE("a decode lane killed mid-generation is restarted and the request ends with the "
+          "fault-free tokens") {
+  auto cfg = stories_config();
+  actors::fault_rule crash;
+  crash.target = actors::actor_kind::decode_lane;
+  crash.after_tokens = 7; // after the 7th decoded token, in the middle of a 40-token answer
+  cfg.faults.rules.push_back(crash);
+  auto cluster = actors::make_embedded_cluster(cfg);
+  auto prompt = prompt_of(*cluster, "Once upon a time, there was a little dog");
+  auto expected = reference_tokens(prompt, 40);
+  collector col;
+  cluster->submit(make_request("lane-crash", prompt, 40), col.callbacks());
+  auto out = col.wait();
+  INFO(out.result.error_message);
+  CHECK(out.result.error == actors::service_error::none);
+  CHECK(out.tokens == expected);
+  check_positions(out, int(prompt.size()));
+  CHECK(out.result.restarts == 1);
+  CHECK(cluster->stats().actor_restarts == 1);
+  CHECK(cluster->faults().fired() == 1);
+  CHECK(settled_kv_blocks(*cluster) == 0);
+}
+
+TEST_CASE("a prefill shard killed mid-prefill is restarted, its chunks re-run, and the tokens "
+          "are the fault-free ones") {
+  auto cfg = stories_config();
+  cfg.prefill_nodes = 2;
+  cfg.prefill_split = 2;
+  actors::fault_rule crash;
+  crash.target = actors::actor_kind::prefill_shard;
+  crash.node = 1;     // the second shard of the pipeline
+  crash.at_chunk = 1; // as it starts the prompt's second chunk
+  cfg.faults.rules.push_back(crash);
+  auto cluster = actors::make_embedded_cluster(cfg);
+  auto prompt = prompt_of(*cluster, "Once upon a time, there was a big red ball that liked to");
+  REQUIRE(prompt.size() > std::size_t(cfg.prefill_chunk_tokens)); // at least two chunks
+  auto expected = reference_tokens(prompt, 24);
+  collector col;
+  cluster->submit(make_request("shard-crash", prompt, 24), col.callbacks());
+  auto out = col.wait();
+  INFO(out.result.error_message);
+  CHECK(out.result.error == actors::service_error::none);
+  CHECK(out.tokens == expected);
+  check_positions(out, int(prompt.size()));
+  CHECK(out.result.restarts == 1);
+  CHECK(cluster->faults().fired() == 1);
+  CHECK(settled_kv_blocks(*cluster) == 0);
+}
+
+TEST_CASE("a corrupted and a dropped KV segment are caught and the prefill re-run") {
+  auto cfg = stories_config();
+  cfg.kv_timeout_ms = 300;
+  actors::fault_rule corrupt;
+  corrupt.what = actors::fault_rule::action::corrupt_kv;
+  corrupt.at_segment = 3;
+  cfg.faults.rules.push_back(corrupt);
+  auto cluster = actors::make_embedded_cluster(cfg);
+  auto prompt = prompt_of(*cluster, "The sun was shining and the birds were singing in the");
+  // Each run of the prefill sends one segment per chunk and layer; drop one of the re-run.
+  int chunks = (int(prompt.size()) + cfg.prefill_chunk_tokens - 1) / cfg.prefill_chunk_tokens;
+  actors::fault_rule drop;
+  drop.what = actors::fault_rule::action::drop_kv;
+  drop.at_segment = chunks * 5 + 2;
+  cluster->faults().add_rule(drop);
+  auto expected = reference_tokens(prompt, 16);
+  collector col;
+  cluster->submit(make_request("kv-faults", prompt, 16), col.callbacks());
+  auto out = col.wait();
+  INFO(out.result.error_message);
+  CHECK(out.result.error == actors::service_error::none);
+  CHECK(out.tokens == expected);
+  check_positions(out, int(prompt.size()));
+  CHECK(cluster->faults().fired() == 2);
+  CHECK(cluster->stats().kv_segments_rejected >= 1);
+  CHECK(cluster->stats().request_retries == 2);
+  CHECK(settled_kv_blocks(*cluster) == 0);
+}
+
+TEST_CASE("a request whose decode lane keeps dying ends with a clear error after bounded "
+          "retries") {
+  auto cfg = stories_config();
+  cfg.request_retries_max = 2;
+  actors::fault_rule crash;
+  crash.target = actors::actor_kind::decode_lane;
+  crash.after_tokens = 1;
+  crash.remaining = 100;
+  cfg.faults.rules.push_back(crash);
+  auto cluster = actors::make_embedded_cluster(cfg);
+  auto prompt = prompt_of(*cluster, "Once upon a time");
+  collector col;
+  cluster->submit(make_request("doomed", prompt, 30), col.callbacks());
+  auto out = col.wait();
+  CHECK(out.result.reason == actors::finish_reason::error);
+  CHECK(out.result.error == actors::service_error::internal);
+  CHECK(out.result.error_message.find("retries_exhausted") != std::string::npos);
+  CHECK(out.result.error_message.find("decode lane died") != std::string::npos);
+  check_positions(out, int(prompt.size()));
+  CHECK(settled_kv_blocks(*cluster) == 0);
+}
+
+TEST_CASE("a decode lane killed from outside with requests in flight loses none of them") {
+  auto cfg = stories_config();
+  auto cluster = actors::make_embedded_cluster(cfg);
+  std::vector<std::vector<int>> prompts{prompt_of(*cluster, "Once upon a time"),
+                                        prompt_of(*cluster, "Tom had a big red ball and he"),
+                                        prompt_of(*cluster, "The cat sat on the")};
+  std::vector<collector> cols(prompts.size());
+  for (std::size_t i = 0; i < prompts.size(); ++i)
+    cluster->submit(make_request("k" + std::to_string(i), prompts[i], 48), cols[i].callbacks());
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  CHECK(cluster->kill_actor("decode/1"));
+  for (std::size_t i = 0; i < prompts.size(); ++i) {
+    auto out = cols[i].wait();
+    INFO(out.result.error_message);
+    CHECK(out.result.error == actors::service_error::none);
+    CHECK(out.tokens == reference_tokens(prompts[i], 48));
+    check_positions(out, int(prompts[i].size()));
+  }
+  CHECK(settled_kv_blocks(*cluster) == 0);
+}
