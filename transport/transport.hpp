@@ -117,9 +117,9 @@ public:
   /// Waits for credit up to `timeout` (then errc::timeout; the segment is not sent).
   /// oversized when the payload exceeds segment_bytes_max or the receiver's window.
   /// Returns once the payload is handed to the backend (inproc: queued; zmq: given to libzmq,
-  /// may still be in flight); fabric: once written into the receiver's memory by RMA and its
-  /// envelope sent (the envelope must follow the write's completion, and a sender is only
-  /// driven inside its calls).
+  /// may still be in flight); fabric: once the RMA write has completed locally and the
+  /// envelope is sent (a sender is only driven inside its calls, and some providers need the
+  /// initiator's progress to finish a write).
   virtual result<void> send(segment seg, milliseconds timeout) = 0;
 
   /// Waits until every segment sent so far has left this process (fabric: RMA completed;

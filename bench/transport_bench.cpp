@@ -1,0 +1,227 @@
+#include "bench/transport_bench.hpp"
+
+#include "messages/stream_frame.hpp"
+#include "transport/transport.hpp"
+
+#include <zmq.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <thread>
+#include <unistd.h>
+
+namespace duet::bench {
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+using namespace std::chrono_literals;
+
+double seconds_since(clock_type::time_point t) {
+  return std::chrono::duration<double>(clock_type::now() - t).count();
+}
+
+double percentile(std::vector<double> v, double q) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<std::size_t>(q * static_cast<double>(v.size())))];
+}
+
+int stream_count(const transport_bench_options& o, std::size_t bytes) {
+  return static_cast<int>(std::clamp<std::size_t>((o.mib_per_point << 20) / bytes, 8, 4000));
+}
+
+int latency_count(const transport_bench_options& o, std::size_t bytes) {
+  return static_cast<int>(std::clamp<std::size_t>((o.mib_per_point << 20) / 4 / bytes, 8,
+                                                  static_cast<std::size_t>(o.latency_samples)));
+}
+
+/// f32, 1 head of 128: 1 KiB per token, so any multiple of 1 KiB has a valid shape.
+messages::kv_segment_header header_for(std::size_t bytes, std::uint64_t request) {
+  messages::kv_segment_header h;
+  h.request_id = request;
+  h.token_end = static_cast<std::uint32_t>(bytes / 1024);
+  h.n_kv_heads = 1;
+  h.head_size = 128;
+  h.payload_bytes = bytes;
+  return h;
+}
+
+transport_point bench_memcpy(const transport_bench_options& o, std::size_t bytes) {
+  transport_point p;
+  p.name = "memcpy";
+  p.bytes = bytes;
+  auto src = transport::buffer::allocate(bytes), dst = transport::buffer::allocate(bytes);
+  std::memset(src.data(), 1, bytes);
+  std::memset(dst.data(), 2, bytes);
+  const int n = stream_count(o, bytes);
+  std::vector<double> lat;
+  auto t0 = clock_type::now();
+  for (int i = 0; i < n; ++i) {
+    auto t = clock_type::now();
+    std::memcpy(dst.data(), src.data(), bytes);
+    lat.push_back(seconds_since(t) * 1e6);
+  }
+  p.gbps = static_cast<double>(bytes) * n / seconds_since(t0) / 1e9;
+  p.p50_us = percentile(lat, 0.5);
+  p.p99_us = percentile(lat, 0.99);
+  p.iterations = n;
+  return p;
+}
+
+/// Raw ZeroMQ: PAIR sockets, zero-copy sends of one reused buffer, no envelope, no checksum.
+transport_point bench_raw_zmq(const transport_bench_options& o, std::size_t bytes,
+                              const std::string& flavor) {
+  transport_point p;
+  p.name = "raw zmq+" + flavor;
+  p.bytes = bytes;
+  zmq::context_t ctx(1);
+  zmq::socket_t rx(ctx, zmq::socket_type::pair), tx(ctx, zmq::socket_type::pair);
+  std::string ep = flavor == "tcp" ? "tcp://127.0.0.1:*"
+                                   : "ipc:///tmp/duet-bench-raw-" + std::to_string(getpid());
+  rx.bind(ep);
+  tx.connect(rx.get(zmq::sockopt::last_endpoint));
+  auto payload = transport::buffer::allocate(bytes);
+  std::memset(payload.data(), 3, bytes);
+  auto send_one = [&] {
+    tx.send(zmq::message_t(
+                payload.data(), bytes, [](void*, void*) {}, nullptr),
+            zmq::send_flags::none);
+  };
+  // Latency: one message at a time.
+  std::vector<double> lat;
+  for (int i = 0, n = latency_count(o, bytes); i < n; ++i) {
+    auto t = clock_type::now();
+    send_one();
+    zmq::message_t m;
+    (void)rx.recv(m);
+    lat.push_back(seconds_since(t) * 1e6);
+  }
+  const int n = stream_count(o, bytes);
+  std::atomic<int> got{0};
+  auto t0 = clock_type::now();
+  std::thread receiving([&] {
+    for (int i = 0; i < n; ++i) {
+      zmq::message_t m;
+      (void)rx.recv(m);
+      got.fetch_add(1);
+    }
+  });
+  for (int i = 0; i < n; ++i) send_one();
+  receiving.join();
+  p.gbps = static_cast<double>(bytes) * n / seconds_since(t0) / 1e9;
+  p.p50_us = percentile(lat, 0.5);
+  p.p99_us = percentile(lat, 0.99);
+  p.iterations = n;
+  return p;
+}
+
+std::string bind_address(const std::string& backend) {
+  if (backend == "inproc") return "inproc://bench";
+  if (backend == "zmq+tcp") return "zmq+tcp://127.0.0.1:0";
+  if (backend == "zmq+ipc") return "zmq+ipc:///tmp/duet-bench-" + std::to_string(getpid());
+  if (backend == "fabric+tcp") return "fabric+tcp://127.0.0.1:0";
+  return backend + "://";
+}
+
+transport_point bench_backend(const transport_bench_options& o, std::size_t bytes,
+                              const std::string& backend) {
+  transport_point p;
+  p.name = backend;
+  p.bytes = bytes;
+  transport::options topts;
+  topts.segment_bytes_max = std::max<std::size_t>(bytes, 1 << 20);
+  topts.window_bytes = std::max<std::size_t>(4 * bytes, 16 << 20); // room to pipeline
+  auto rx = transport::listen(bind_address(backend), topts);
+  if (!rx) {
+    p.note = rx.err().to_string();
+    return p;
+  }
+  auto tx = transport::connect((*rx)->address(), topts);
+  if (!tx) {
+    p.note = tx.err().to_string();
+    return p;
+  }
+  // One payload, shared by every send (buffer::share): no allocation, no page faults, one
+  // registration (fabric caches it). Its checksum is computed once, as a producer would.
+  auto storage = transport::buffer::allocate(bytes);
+  for (std::size_t i = 0; i < bytes; ++i) storage.data()[i] = static_cast<std::byte>(i * 131);
+  const std::uint64_t checksum = messages::checksum_xxh3(storage.bytes());
+  std::byte* data = storage.data();
+  std::shared_ptr<void> owner = storage.release_owner();
+  std::uint64_t request = 1;
+  auto make = [&] {
+    auto h = header_for(bytes, request++);
+    h.checksum_xxh3 = checksum;
+    return transport::segment{h, transport::buffer::share(owner, data, bytes)};
+  };
+
+  const int lat_n = latency_count(o, bytes), n = stream_count(o, bytes);
+  std::vector<clock_type::time_point> sent_at(static_cast<std::size_t>(lat_n));
+  std::vector<double> lat;
+  std::atomic<int> received{0};
+  std::atomic<bool> zero_copy{true};
+  std::string receive_error;
+  std::thread receiving([&] {
+    for (int i = 0; i < lat_n + n; ++i) {
+      auto s = (*rx)->recv(10s);
+      if (!s) {
+        receive_error = s.err().to_string();
+        received.store(-1);
+        return;
+      }
+      if (i < lat_n) lat.push_back(seconds_since(sent_at[static_cast<std::size_t>(i)]) * 1e6);
+      if (s->payload.data() != data) zero_copy = false;
+      received.fetch_add(1, std::memory_order_release);
+    }
+  });
+  std::string send_error;
+  for (int i = 0; i < lat_n && send_error.empty(); ++i) {
+    sent_at[static_cast<std::size_t>(i)] = clock_type::now();
+    if (auto ok = (*tx)->send(make(), 10s); !ok) send_error = ok.err().to_string();
+    while (received.load(std::memory_order_acquire) == i) std::this_thread::yield();
+  }
+  auto t0 = clock_type::now();
+  for (int i = 0; i < n && send_error.empty(); ++i)
+    if (auto ok = (*tx)->send(make(), 10s); !ok) send_error = ok.err().to_string();
+  if (send_error.empty())
+    if (auto ok = (*tx)->flush(10s); !ok) send_error = ok.err().to_string();
+  receiving.join();
+  const double secs = seconds_since(t0);
+  if (!send_error.empty() || !receive_error.empty()) {
+    p.note = send_error.empty() ? receive_error : send_error;
+    return p;
+  }
+  p.gbps = static_cast<double>(bytes) * n / secs / 1e9;
+  p.p50_us = percentile(lat, 0.5);
+  p.p99_us = percentile(lat, 0.99);
+  p.iterations = n;
+  if (backend == "inproc" && zero_copy) p.note = "payload not copied (same bytes arrive)";
+  return p;
+}
+
+} // namespace
+
+std::size_t envelope_bytes() {
+  messages::kv_envelope e;
+  e.header = header_for(1 << 20, 123456789);
+  e.header.checksum_xxh3 = 0x0123456789abcdefull;
+  e.sequence = 1000;
+  e.placement = messages::payload_placement::next_frame;
+  return messages::encode_frame(e).size();
+}
+
+std::vector<transport_point> run_transport_bench(const transport_bench_options& o) {
+  std::vector<transport_point> out;
+  for (std::size_t bytes : o.sizes) {
+    out.push_back(bench_memcpy(o, bytes));
+    out.push_back(bench_raw_zmq(o, bytes, "tcp"));
+    out.push_back(bench_raw_zmq(o, bytes, "ipc"));
+    for (const auto& b : o.backends) out.push_back(bench_backend(o, bytes, b));
+  }
+  return out;
+}
+
+} // namespace duet::bench

@@ -1,0 +1,40 @@
+#pragma once
+
+// `duet bench transport`: KV-segment throughput and latency per transport backend, next to
+// baselines measured in the same run (memcpy of the same size, raw ZeroMQ without Cap'n
+// Proto). Sender and receiver run on two threads of this process; the sender reuses one
+// payload buffer (as a producer that recycles its KV staging buffers would), the receiver
+// verifies every segment's xxh3 (always on, it is part of the protocol).
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+namespace duet::bench {
+
+struct transport_point {
+  std::string name;      ///< "inproc", "zmq+tcp", ..., "memcpy", "raw zmq+tcp"
+  std::size_t bytes = 0; ///< payload bytes per segment
+  double gbps = 0;       ///< streaming throughput, 1e9 bytes/s of payload
+  double p50_us = 0;     ///< one-way latency of a lone segment (send call to recv return)
+  double p99_us = 0;
+  int iterations = 0; ///< streamed segments
+  std::string note;   ///< an error, or a fact worth printing (e.g. "payload not copied")
+};
+
+struct transport_bench_options {
+  std::vector<std::size_t> sizes{std::size_t{64} << 10, std::size_t{1} << 20,
+                                 std::size_t{16} << 20};
+  std::vector<std::string> backends{"inproc", "zmq+tcp", "zmq+ipc", "fabric+shm", "fabric+tcp"};
+  std::size_t mib_per_point = 256; ///< payload streamed per (backend, size)
+  int latency_samples = 200;       ///< lone segments timed per point (fewer for big sizes)
+};
+
+/// Runs every baseline and backend at every size; never throws for a backend that fails (the
+/// point carries the error in `note`).
+std::vector<transport_point> run_transport_bench(const transport_bench_options& opts);
+
+/// Bytes of the Cap'n Proto envelope that travels with a segment (for the overhead figure).
+std::size_t envelope_bytes();
+
+} // namespace duet::bench
