@@ -3,6 +3,7 @@
 // Shared by the engine tests: load stories260K + tok512 once, and greedy generation through
 // the engine with run.c's loop semantics (steps = positions, stop on BOS).
 
+#include "engine/error.hpp"
 #include "engine/forward.hpp"
 #include "engine/kv_cache.hpp"
 #include "engine/llama2c.hpp"
