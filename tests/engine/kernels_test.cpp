@@ -1,0 +1,229 @@
+// Every optimized kernel against a plain scalar reference, within a stated tolerance.
+// Matmul tolerance: |got - ref| <= 1e-5 * sum_k |w_k x_k| + 1e-6, i.e. float rounding of a
+// reordered sum (the AVX2 path sums 8 lanes then adds them), computed in double for the ref.
+#include "engine/kernels.hpp"
+#include "engine/kv_cache.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <vector>
+
+using namespace duet::engine;
+
+namespace {
+
+std::uint32_t test_seed() {
+  static const std::uint32_t seed = [] {
+    std::uint32_t s = std::random_device{}();
+    if (const char* env = std::getenv("DUET_TEST_SEED"))
+      s = static_cast<std::uint32_t>(std::stoul(env));
+    return s;
+  }();
+  return seed;
+}
+
+/// Weights stored as `type`, plus their exact f32 values.
+struct weights {
+  std::vector<std::uint8_t> bytes;
+  std::vector<float> values; // [rows][cols], dequantized
+  tensor_view view;
+};
+
+weights make_weights(dtype type, int rows, int cols, std::mt19937& rng) {
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  weights w;
+  w.values.resize(static_cast<std::size_t>(rows * cols));
+  w.bytes.resize(static_cast<std::size_t>(rows) * row_bytes(type, static_cast<std::size_t>(cols)));
+  for (int r = 0; r < rows; ++r) {
+    auto* row = w.bytes.data() +
+                static_cast<std::size_t>(r) * row_bytes(type, static_cast<std::size_t>(cols));
+    float* vals = w.values.data() + static_cast<std::size_t>(r * cols);
+    if (type == dtype::q8_0) {
+      auto* blocks = reinterpret_cast<q8_0_block*>(row);
+      for (int b = 0; b < cols / 32; ++b) {
+        float d = std::abs(dist(rng)) * 0.01f + 1e-3f;
+        blocks[b].d = f32_to_f16(d);
+        float dd = f16_to_f32(blocks[b].d);
+        for (int i = 0; i < 32; ++i) {
+          auto q = static_cast<std::int8_t>(std::uniform_int_distribution<int>(-127, 127)(rng));
+          blocks[b].qs[i] = q;
+          vals[b * 32 + i] = dd * static_cast<float>(q);
+        }
+      }
+    } else {
+      for (int k = 0; k < cols; ++k) {
+        float v = dist(rng);
+        if (type == dtype::f16) {
+          auto h = f32_to_f16(v);
+          std::memcpy(row + k * 2, &h, 2);
+          v = f16_to_f32(h);
+        } else {
+          std::memcpy(row + k * 4, &v, 4);
+        }
+        vals[k] = v;
+      }
+    }
+  }
+  w.view = tensor_view{w.bytes.data(), type, rows, cols};
+  return w;
+}
+
+} // namespace
+
+TEST_CASE("matmul of f32, f16 and q8_0 weights matches a scalar reference") {
+  std::mt19937 rng(test_seed());
+  INFO("seed " << test_seed() << " (set DUET_TEST_SEED to replay)");
+  auto type = GENERATE(dtype::f32, dtype::f16, dtype::q8_0);
+  auto scalar = GENERATE(false, true);
+  kernels::set_force_scalar(scalar);
+  struct shape {
+    int rows, cols, n;
+  };
+  for (auto s : {shape{1, 32, 1}, shape{7, 64, 1}, shape{13, 96, 3}, shape{64, 172, 5},
+                 shape{33, 256, 2}, shape{9, 40, 4}}) {
+    if (type == dtype::q8_0 && s.cols % 32 != 0) continue;
+    auto w = make_weights(type, s.rows, s.cols, rng);
+    const int x_stride = s.cols + 3, y_stride = s.rows + 2;
+    std::vector<float> x(static_cast<std::size_t>(s.n * x_stride));
+    for (auto& v : x) v = std::normal_distribution<float>(0.0f, 1.0f)(rng);
+    std::vector<float> y(static_cast<std::size_t>(s.n * y_stride), -7.0f);
+    // Two row ranges, as two threads would split them.
+    int mid = s.rows / 2;
+    kernels::matmul(w.view, x.data(), x_stride, s.n, y.data(), y_stride, 0, mid);
+    kernels::matmul(w.view, x.data(), x_stride, s.n, y.data(), y_stride, mid, s.rows);
+    for (int t = 0; t < s.n; ++t) {
+      for (int r = 0; r < s.rows; ++r) {
+        double ref = 0, mag = 0;
+        for (int k = 0; k < s.cols; ++k) {
+          double p = static_cast<double>(w.values[static_cast<std::size_t>(r * s.cols + k)]) *
+                     x[static_cast<std::size_t>(t * x_stride + k)];
+          ref += p;
+          mag += std::abs(p);
+        }
+        INFO(dtype_name(type) << (scalar ? " scalar" : " simd") << " rows " << s.rows << " cols "
+                              << s.cols << " n " << s.n << " at t " << t << " r " << r);
+        REQUIRE(std::abs(y[static_cast<std::size_t>(t * y_stride + r)] - ref) <= 1e-5 * mag + 1e-6);
+      }
+      CHECK(y[static_cast<std::size_t>(t * y_stride + s.rows)] ==
+            -7.0f); // stride padding untouched
+    }
+  }
+  kernels::set_force_scalar(false);
+}
+
+TEST_CASE("rmsnorm, softmax and rope match their formulas") {
+  std::mt19937 rng(test_seed());
+  INFO("seed " << test_seed());
+  std::normal_distribution<float> dist(0.0f, 2.0f);
+  const int n = 67;
+  std::vector<float> x(n), w(n), out(n);
+  for (int i = 0; i < n; ++i)
+    x[static_cast<std::size_t>(i)] = dist(rng), w[static_cast<std::size_t>(i)] = dist(rng);
+  kernels::rmsnorm(out.data(), x.data(), w.data(), n, 1e-5f);
+  double ss = 0;
+  for (float v : x) ss += static_cast<double>(v) * v;
+  double inv = 1.0 / std::sqrt(ss / n + 1e-5);
+  for (int i = 0; i < n; ++i)
+    CHECK(std::abs(out[static_cast<std::size_t>(i)] -
+                   w[static_cast<std::size_t>(i)] * x[static_cast<std::size_t>(i)] * inv) <=
+          1e-5 * (1 + std::abs(out[static_cast<std::size_t>(i)])));
+
+  std::vector<float> s = x;
+  kernels::softmax(s.data(), n);
+  double mx = *std::max_element(x.begin(), x.end()), sum = 0;
+  for (float v : x) sum += std::exp(v - mx);
+  double total = 0;
+  for (int i = 0; i < n; ++i) {
+    CHECK(std::abs(s[static_cast<std::size_t>(i)] -
+                   std::exp(x[static_cast<std::size_t>(i)] - mx) / sum) <= 1e-6);
+    total += s[static_cast<std::size_t>(i)];
+  }
+  CHECK(std::abs(total - 1.0) <= 1e-5);
+
+  // RoPE through the table equals run.c's per-call powf/cosf/sinf bit for bit.
+  const int head_size = 8, dim = 32, seq_len = 40;
+  std::vector<float> table(static_cast<std::size_t>(seq_len * head_size));
+  kernels::rope_table(table.data(), seq_len, head_size, 10000.0f);
+  for (int pos : {0, 1, 17, 39}) {
+    std::vector<float> v(dim), ref(dim);
+    for (auto& e : v) e = dist(rng);
+    ref = v;
+    kernels::rope(v.data(), dim, head_size, table.data() + pos * head_size);
+    for (int i = 0; i < dim; i += 2) {
+      float freq =
+          1.0f / powf(10000.0f, static_cast<float>(i % head_size) / static_cast<float>(head_size));
+      float val = static_cast<float>(pos) * freq;
+      float fcr = cosf(val), fci = sinf(val);
+      float v0 = ref[static_cast<std::size_t>(i)], v1 = ref[static_cast<std::size_t>(i + 1)];
+      CHECK(v[static_cast<std::size_t>(i)] == v0 * fcr - v1 * fci);
+      CHECK(v[static_cast<std::size_t>(i + 1)] == v0 * fci + v1 * fcr);
+    }
+  }
+}
+
+TEST_CASE("attention over the paged cache matches a scalar reference for f32 and f16 KV") {
+  std::mt19937 rng(test_seed());
+  INFO("seed " << test_seed());
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  auto type = GENERATE(dtype::f32, dtype::f16);
+  kv_cache_config c;
+  c.first_layer = 1;
+  c.last_layer = 3;
+  c.n_kv_heads = 2;
+  c.head_size = 8;
+  c.seq_len_max = 50;
+  c.block_tokens = 4;
+  c.blocks_max = 30;
+  c.type = type;
+  kv_cache kv(c);
+  REQUIRE(kv.seq_add(1));
+  REQUIRE(kv.seq_add(2)); // interleaves blocks with sequence 1
+  const int n_pos = 37, kvd = c.kv_dim(), layer = 2;
+  REQUIRE(kv.seq_reserve(2, 8));
+  REQUIRE(kv.seq_reserve(1, n_pos));
+  std::vector<float> k(static_cast<std::size_t>(n_pos * kvd)), v(k.size());
+  auto table = kv.block_table(1);
+  for (int p = 0; p < n_pos; ++p)
+    for (int j = 0; j < kvd; ++j) {
+      float kv_k = dist(rng), kv_v = dist(rng);
+      if (type == dtype::f16) {
+        auto hk = f32_to_f16(kv_k), hv = f32_to_f16(kv_v);
+        std::memcpy(kv.k_row(table, layer, p) + j * 2, &hk, 2);
+        std::memcpy(kv.v_row(table, layer, p) + j * 2, &hv, 2);
+        kv_k = f16_to_f32(hk), kv_v = f16_to_f32(hv);
+      } else {
+        std::memcpy(kv.k_row(table, layer, p) + j * 4, &kv_k, 4);
+        std::memcpy(kv.v_row(table, layer, p) + j * 4, &kv_v, 4);
+      }
+      k[static_cast<std::size_t>(p * kvd + j)] = kv_k;
+      v[static_cast<std::size_t>(p * kvd + j)] = kv_v;
+    }
+  std::vector<float> q(8), att(n_pos), out(8);
+  for (auto& e : q) e = dist(rng);
+  for (int head = 0; head < 2; ++head) {
+    kernels::attention(q.data(), kv, table, layer, head, n_pos, att.data(), out.data());
+    std::vector<double> sc(n_pos);
+    double mx = -1e300, sum = 0;
+    for (int p = 0; p < n_pos; ++p) {
+      double d = 0;
+      for (int i = 0; i < 8; ++i)
+        d += static_cast<double>(q[static_cast<std::size_t>(i)]) *
+             k[static_cast<std::size_t>(p * kvd + head * 8 + i)];
+      sc[static_cast<std::size_t>(p)] = d / std::sqrt(8.0);
+      mx = std::max(mx, sc[static_cast<std::size_t>(p)]);
+    }
+    for (auto& e : sc) sum += (e = std::exp(e - mx));
+    for (int i = 0; i < 8; ++i) {
+      double ref = 0;
+      for (int p = 0; p < n_pos; ++p)
+        ref += sc[static_cast<std::size_t>(p)] / sum *
+               v[static_cast<std::size_t>(p * kvd + head * 8 + i)];
+      CHECK(std::abs(out[static_cast<std::size_t>(i)] - ref) <= 1e-5);
+    }
+  }
+}
