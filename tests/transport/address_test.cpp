@@ -57,3 +57,14 @@ TEST_CASE("sending to a zmq address nobody listens on fails with timeout, not a 
   REQUIRE_FALSE(ok.ok());
   CHECK(ok.code() == errc::timeout);
 }
+
+TEST_CASE("fabric providers without hardware here are refused as backend_unavailable naming the "
+          "provider") {
+  for (const char* provider : {"verbs", "efa"}) {
+    auto rx = listen(std::string("fabric+") + provider + "://");
+    INFO(provider);
+    if (rx.ok()) continue; // a machine with the device: nothing to check here
+    CHECK(rx.code() == errc::backend_unavailable);
+    CHECK_THAT(rx.err().context, Catch::Contains(provider));
+  }
+}
