@@ -132,6 +132,9 @@ private:
     std::string identity(static_cast<const char*>(parts[0].data()), parts[0].size());
     auto frame = messages::decode_frame(view(parts[1]), opts_.segment_bytes_max);
     if (!frame) {
+      // A payload frame behind an unreadable envelope still cost its sender credit: give it back.
+      if (auto known = streams_.find(identity); known != streams_.end() && parts.size() == 3)
+        known->second->released_bytes.fetch_add(parts[2].size());
       errc code = frame.why().kind == messages::problem_kind::truncated   ? errc::truncated
                   : frame.why().kind == messages::problem_kind::oversized ? errc::oversized
                                                                           : errc::malformed;
