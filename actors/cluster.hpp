@@ -69,10 +69,11 @@ struct cluster_config {
   int caf_workers = 2;    ///< CAF scheduler workers (engine work runs on detached actors)
 
   // -- failure handling ------------------------------------------------------------------------
-  int actor_restarts_max = 8;  ///< per actor slot, then the slot stays dead
-  int request_retries_max = 3; ///< re-placements of one request, then a clear error
-  int kv_timeout_ms = 5000;    ///< a lane waits this long for a request's KV, then re-requests
-  fault_config faults;         ///< deterministic rules + seeded chaos
+  int actor_restarts_max = 8;          ///< per actor slot within the window, then it stays dead
+  int actor_restart_window_ms = 60000; ///< restarts older than this no longer count
+  int request_retries_max = 3;         ///< re-placements of one request, then a clear error
+  int kv_timeout_ms = 5000; ///< a lane waits this long for a request's KV, then re-requests
+  fault_config faults;      ///< deterministic rules + seeded chaos
 
   // -- observability ---------------------------------------------------------------------------
   /// When set: duet_kv_blocks_used / duet_kv_blocks_free{node}, duet_kv_bytes_transferred_total

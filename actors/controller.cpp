@@ -11,6 +11,8 @@
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
 
+#include <chrono>
+#include <deque>
 #include <map>
 #include <unordered_map>
 
@@ -30,7 +32,7 @@ struct slot {
   int first_layer = 0; ///< prefill shards
   int last_layer = 0;
   int shard_index = 0;
-  int restarts = 0;
+  std::deque<std::chrono::steady_clock::time_point> restarts; ///< within the window
 };
 
 struct assignment {
@@ -82,8 +84,13 @@ void slot_down(controller_actor* self, const caf::actor_addr& source) {
     sl.entry.blocks_used->store(0);
     sl.entry.blocks_free->store(0);
     s.ctx->registry.put(sl.entry);
-    if (sl.restarts >= s.ctx->config.actor_restarts_max) return; // stays dead
-    ++sl.restarts;
+    // A crash loop stops here: too many restarts within the window and the slot stays dead
+    // (placement avoids it; requests that need it fail with a clear error).
+    auto now = std::chrono::steady_clock::now();
+    auto window = std::chrono::milliseconds(s.ctx->config.actor_restart_window_ms);
+    while (!sl.restarts.empty() && now - sl.restarts.front() > window) sl.restarts.pop_front();
+    if (int(sl.restarts.size()) >= s.ctx->config.actor_restarts_max) return; // stays dead
+    sl.restarts.push_back(now);
     s.ctx->counters.actor_restarts.fetch_add(1, std::memory_order_relaxed);
     auto* counter = sl.entry.kind == actor_kind::decode_lane ? s.ctx->metrics.restarts_decode
                                                              : s.ctx->metrics.restarts_prefill;

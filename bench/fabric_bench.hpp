@@ -1,0 +1,66 @@
+#pragma once
+
+// `duet bench fabric`: what disaggregation costs and buys on this machine, through the real
+// embedded cluster (actors, engine, transport). For each mode (integrated, disaggregated) it
+// runs requests one at a time, so time-to-first-token is not queueing, and measures:
+//  - TTFT: submit -> first token at the client, p50 / p99;
+//  - TPOT: gap between consecutive tokens of a request, p50 / p99;
+//  - KV transfer: bytes per request, time the shards spent in the transport's send(), and
+//    the bandwidth that implies; the share of that transfer hidden behind prefill compute by
+//    layer-wise streaming = 1 - max(0, TTFT_disagg - TTFT_integrated) / transfer time;
+//  - recovery: a decode lane crashed by the fault injector mid-generation; time from the last
+//    token before the crash to the first one after (restart + re-place + recompute).
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace duet::bench {
+
+struct fabric_bench_options {
+  std::string model_path;
+  std::string tokenizer_path;
+  std::string transport = "inproc";
+  int requests = 20;       ///< per mode
+  int prompt_tokens = 128; ///< prompt length (repeated story text, BOS first)
+  int max_tokens = 32;
+  int prefill_split = 1;
+  int chunk_tokens = 32;
+  int recoveries = 10; ///< decode lanes killed, one per request
+  int threads = 1;     ///< engine threads per actor
+};
+
+struct latency_summary {
+  double p50_ms = 0;
+  double p99_ms = 0;
+  double mean_ms = 0;
+  std::size_t samples = 0;
+};
+
+struct fabric_mode_result {
+  std::string mode;
+  latency_summary ttft;
+  latency_summary tpot;
+  double kv_bytes_per_request = 0;
+  double kv_send_ms_per_request = 0; ///< sender-side transport time
+  double kv_segments_per_request = 0;
+};
+
+struct fabric_bench_result {
+  fabric_mode_result integrated;
+  fabric_mode_result disaggregated;
+  latency_summary recovery;  ///< failure -> next token
+  latency_summary recompute; ///< TTFT of an integrated run over the same length (floor)
+  double transport_gbps = 0; ///< KV bytes / send time, disaggregated runs
+  double hidden_share = 0;   ///< of the transfer, behind prefill compute
+  std::string model;
+  int prompt_tokens = 0;
+};
+
+/// Runs the benchmark (throws std::runtime_error on setup failures).
+fabric_bench_result run_fabric_bench(const fabric_bench_options& options);
+
+/// p50 / p99 / mean of samples in milliseconds.
+latency_summary summarize(std::vector<double> samples_ms);
+
+} // namespace duet::bench
