@@ -27,7 +27,8 @@ struct shard_state {
   std::unique_ptr<kv_sender_set> senders;
   std::vector<float> x;      ///< [chunk_tokens][dim] scratch of the first shard
   std::vector<float> logits; ///< [vocab]
-  std::unordered_map<std::uint64_t, std::uint32_t> epochs; ///< request -> epoch held in kv
+  std::unordered_map<std::uint64_t, std::uint32_t> epochs;   ///< request -> epoch held in kv
+  std::unordered_map<std::uint64_t, caf::actor_addr> owners; ///< request -> its request actor
 
   static inline const char* name = "prefill_shard";
 
@@ -44,6 +45,7 @@ struct shard_state {
   void drop(std::uint64_t request) {
     if (kv->has_seq(request)) kv->seq_free(request);
     epochs.erase(request);
+    owners.erase(request);
     publish();
   }
 };
@@ -80,6 +82,9 @@ bool run_chunk(shard_actor* self, const prefill_route& route, int shard_index, i
       return false;
     }
     st.epochs[seq] = route.epoch;
+    // The lease on this KV: if the request actor dies mid-prefill, the down message frees it.
+    st.owners[seq] = route.request_actor.address();
+    self->monitor(route.request_actor);
   } else {
     auto it = st.epochs.find(seq);
     if (it == st.epochs.end() || it->second != route.epoch) return false; // stale or lost
@@ -168,6 +173,13 @@ caf::behavior prefill_shard_impl(shard_actor* self, std::shared_ptr<fabric_conte
   }
   st.senders = std::make_unique<kv_sender_set>(ctx);
   st.publish();
+  self->set_down_handler([=](caf::down_msg& dm) {
+    auto& s = self->state;
+    std::vector<std::uint64_t> gone;
+    for (const auto& [request, owner] : s.owners)
+      if (owner == dm.source) gone.push_back(request);
+    for (auto request : gone) s.drop(request);
+  });
   return {
       // The first shard of a pipeline: the whole prompt, embedded and run chunk by chunk.
       [=](prefill_job& job) {
