@@ -4,6 +4,9 @@
 
 #include "engine/tokenizer.hpp"
 
+#include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
+
 using namespace duet;
 using namespace duet::test;
 
@@ -74,4 +77,31 @@ TEST_CASE("prefill split over 2 shards over libfabric shm gives the same tokens"
   cfg.prefill_nodes = 2;
   cfg.prefill_split = 2;
   check_one_request(cfg, actors::placement_mode::disaggregated);
+}
+
+TEST_CASE("a cluster with a metrics registry exports KV, transfer, restart, placement and queue "
+          "metrics") {
+  auto cfg = stories_config();
+  cfg.metrics = std::make_shared<prometheus::Registry>();
+  actors::fault_rule crash;
+  crash.target = actors::actor_kind::decode_lane;
+  crash.after_tokens = 3;
+  cfg.faults.rules.push_back(crash);
+  auto cluster = actors::make_embedded_cluster(cfg);
+  auto prompt = story_prompt(*cluster);
+  collector col;
+  cluster->submit(make_request("m1", prompt, 8), col.callbacks());
+  auto out = col.wait();
+  CHECK(out.result.error == actors::service_error::none);
+  CHECK(settled_kv_blocks(*cluster) == 0);
+  auto text = prometheus::TextSerializer{}.Serialize(cfg.metrics->Collect());
+  for (const char* line : {"duet_kv_blocks_used{node=\"1\"} 0", "duet_kv_blocks_free{node=\"1\"}",
+                           "duet_kv_bytes_transferred_total{transport=\"inproc\"}",
+                           "duet_kv_transfer_seconds_count{transport=\"inproc\"}",
+                           "duet_actor_restarts_total{kind=\"decode_lane\"} 1",
+                           "duet_placement_decisions_total{mode=\"disaggregated\"} 2",
+                           "duet_queue_depth{node=\"0\"} 0"}) {
+    INFO(line);
+    CHECK(text.find(line) != std::string::npos);
+  }
 }
