@@ -1,0 +1,47 @@
+// `duet bench engine`: prefill / decode throughput of a model next to the memory roofline.
+#include "apps/command.hpp"
+#include "bench/engine_bench.hpp"
+
+#include <fmt/core.h>
+
+namespace duet::apps {
+
+namespace {
+
+void setup_bench_engine(CLI::App& app) {
+  struct options {
+    bench::engine_bench_options bench;
+    std::string kv = "f32";
+  };
+  auto o = std::make_shared<options>();
+  auto* cmd = bench_command(app).add_subcommand(
+      "engine", "Engine prefill and decode tok/s vs this machine's memory roofline");
+  cmd->footer("Make benchmark models with `duet synth`, e.g.\n"
+              "  duet synth --shape stories110M --type q8_0 --out /tmp/s110m-q8.gguf\n"
+              "  duet bench engine --model /tmp/s110m-q8.gguf --threads 2");
+  cmd->add_option("--model,-m", o->bench.model, "Model file (.gguf or llama2.c .bin)")->required();
+  cmd->add_option("--tokenizer,-z", o->bench.tokenizer, "llama2.c tokenizer (for .bin models)");
+  cmd->add_option("--threads", o->bench.threads, "Engine threads")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 256));
+  cmd->add_option("--prefill", o->bench.prefill_tokens, "Prompt lengths to prefill")
+      ->capture_default_str();
+  cmd->add_option("--batches", o->bench.decode_batches, "Concurrent sequences to decode")
+      ->capture_default_str();
+  cmd->add_option("--steps", o->bench.decode_steps, "Timed decode steps per batch size")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
+  cmd->add_option("--kv-dtype", o->kv, "KV cache type")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"f32", "f16"}));
+  cmd->callback([o] {
+    o->bench.kv_type = o->kv == "f16" ? engine::dtype::f16 : engine::dtype::f32;
+    auto r = bench::run_engine_bench(o->bench);
+    fmt::print("{}", bench::format_engine_bench(r));
+  });
+}
+
+const register_command reg{&setup_bench_engine};
+
+} // namespace
+} // namespace duet::apps

@@ -1,0 +1,162 @@
+#include "bench/engine_bench.hpp"
+
+#include "bench/memory_baseline.hpp"
+#include "engine/forward.hpp"
+#include "engine/kernels.hpp"
+#include "engine/kv_cache.hpp"
+#include "engine/model_file.hpp"
+
+#include <fmt/core.h>
+
+#include <algorithm>
+#include <chrono>
+#include <random>
+#include <set>
+
+namespace duet::bench {
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+double seconds_since(clock_type::time_point t) {
+  return std::chrono::duration<double>(clock_type::now() - t).count();
+}
+
+std::string weight_types(const engine::model_weights& w) {
+  std::set<std::string> names;
+  auto add = [&](const engine::tensor_view& t) { names.insert(std::string(dtype_name(t.type))); };
+  add(w.classifier);
+  for (const auto& l : w.layers) {
+    add(l.wq), add(l.wk), add(l.wv), add(l.wo), add(l.w1), add(l.w2), add(l.w3);
+  }
+  std::string out;
+  for (const auto& n : names) out += (out.empty() ? "" : "+") + n;
+  return out;
+}
+
+} // namespace
+
+double engine_bench_result::roofline_tokens_per_s() const {
+  return weight_bytes_per_token == 0
+             ? 0.0
+             : read_gbps * 1e9 / static_cast<double>(weight_bytes_per_token);
+}
+
+engine_bench_result run_engine_bench(const engine_bench_options& o) {
+  auto model = engine::open_model(o.model, o.tokenizer);
+  const auto& w = *model.weights;
+  const auto& c = w.config;
+  engine_bench_result res;
+  res.model = o.model;
+  res.weight_types = weight_types(w);
+  res.simd = std::string(engine::kernels::simd_level());
+  res.threads = o.threads;
+  res.weight_bytes_per_token = w.decode_bytes_per_token();
+  res.read_gbps = measure_read_gbps(o.bandwidth_bytes, o.threads);
+
+  int batch_max = 1;
+  for (int b : o.decode_batches) batch_max = std::max(batch_max, b);
+  engine::runner run(w, engine::runner_options{o.threads, std::max(64, batch_max)});
+  auto kc = engine::kv_cache_config::for_model(c, 0, c.n_layers, 0, o.kv_type);
+  kc.blocks_max = kc.blocks_for(batch_max);
+  engine::kv_cache kv(kc);
+  res.kv_pool_bytes = kv.pool_bytes();
+
+  std::mt19937 rng(1234);
+  std::uniform_int_distribution<int> any_token(3, c.vocab_size - 1);
+  auto random_tokens = [&](int n) {
+    std::vector<int> t(static_cast<std::size_t>(n));
+    for (auto& x : t) x = any_token(rng);
+    return t;
+  };
+  std::vector<float> logits(static_cast<std::size_t>(c.vocab_size) *
+                            static_cast<std::size_t>(batch_max));
+
+  // -- prefill -----------------------------------------------------------------------------
+  engine::seq_id next_id = 1;
+  {
+    // Warm-up: fault the mapped weights in so the first figure is not a disk read.
+    auto id = next_id++;
+    kv.seq_add(id);
+    kv.seq_reserve(id, 8);
+    run.prefill(kv, id, 0, random_tokens(8), logits);
+    kv.seq_free(id);
+  }
+  for (int n : o.prefill_tokens) {
+    n = std::min(n, c.seq_len);
+    auto prompt = random_tokens(n);
+    auto id = next_id++;
+    kv.seq_add(id);
+    kv.seq_reserve(id, n);
+    auto t0 = clock_type::now();
+    run.prefill(kv, id, 0, prompt, logits);
+    res.prefill.push_back({n, n / seconds_since(t0)});
+    kv.seq_free(id);
+  }
+
+  // -- decode ------------------------------------------------------------------------------
+  const int ctx = std::min(o.context_tokens, c.seq_len - o.decode_steps - 1);
+  for (int b : o.decode_batches) {
+    std::vector<engine::decode_item> items;
+    for (int i = 0; i < b; ++i) {
+      auto id = next_id++;
+      kv.seq_add(id);
+      kv.seq_reserve(id, ctx + o.decode_steps);
+      run.prefill(kv, id, 0, random_tokens(ctx), logits);
+      items.push_back({id, any_token(rng), ctx});
+    }
+    auto t0 = clock_type::now();
+    for (int s = 0; s < o.decode_steps; ++s) {
+      run.decode_batch(kv, items, logits);
+      for (std::size_t i = 0; i < items.size(); ++i) {
+        // greedy next token keeps the work realistic; positions advance together
+        items[i].token = static_cast<int>(
+            std::max_element(logits.begin() + static_cast<std::ptrdiff_t>(i) * c.vocab_size,
+                             logits.begin() + static_cast<std::ptrdiff_t>(i + 1) * c.vocab_size) -
+            (logits.begin() + static_cast<std::ptrdiff_t>(i) * c.vocab_size));
+        ++items[i].pos;
+      }
+    }
+    double secs = seconds_since(t0);
+    res.decode.push_back({b, static_cast<double>(b) * o.decode_steps / secs});
+    for (const auto& it : items) kv.seq_free(it.seq);
+  }
+  return res;
+}
+
+std::string format_engine_bench(const engine_bench_result& r) {
+  std::string out;
+  auto line = [&](const std::string& s) { out += s + "\n"; };
+  line(fmt::format("model            {} ({} weights, {} matmul, {} threads)", r.model,
+                   r.weight_types, r.simd, r.threads));
+  line(fmt::format("weights/step     {:.1f} MB read per decode step (whole batch)",
+                   static_cast<double>(r.weight_bytes_per_token) / 1e6));
+  line(fmt::format("kv pool          {:.1f} MB preallocated (peak memory = mapped weights + this)",
+                   static_cast<double>(r.kv_pool_bytes) / 1e6));
+  line(fmt::format("read bandwidth   {:.2f} GB/s ({} threads, measured now)", r.read_gbps,
+                   r.threads));
+  double roof = r.roofline_tokens_per_s();
+  line(fmt::format("roofline         {:.2f} tok/s single-sequence decode (bandwidth / bytes)",
+                   roof));
+  double single = 0;
+  for (const auto& d : r.decode)
+    if (d.n == 1) single = d.tokens_per_s;
+  for (const auto& p : r.prefill)
+    line(fmt::format("prefill {:>4} tok {:>10.1f} tok/s{}", p.n, p.tokens_per_s,
+                     single > 0 ? fmt::format("   {:.1f}x single-seq decode (target >= 10x)",
+                                              p.tokens_per_s / single)
+                                : ""));
+  for (const auto& d : r.decode) {
+    std::string extra;
+    if (d.n == 1 && roof > 0)
+      extra = fmt::format("   {:.0f}% of roofline (target >= 80%)", 100.0 * d.tokens_per_s / roof);
+    else if (single > 0)
+      extra = fmt::format("   {:.1f}x single-seq{}", d.tokens_per_s / single,
+                          d.n == 32 ? " (target >= 8x)" : "");
+    line(fmt::format("decode {:>3} seq  {:>10.1f} tok/s{}", d.n, d.tokens_per_s, extra));
+  }
+  return out;
+}
+
+} // namespace duet::bench

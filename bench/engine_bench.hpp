@@ -1,0 +1,54 @@
+#pragma once
+
+// `duet bench engine`: the engine's prefill and decode throughput on one model file, next to
+// this machine's memory read bandwidth measured in the same run. Decode of one sequence reads
+// every weight once per token, so its ceiling (the roofline) is bandwidth / weight bytes per
+// token; batched decode reads them once per step for the whole batch.
+
+#include "engine/dtype.hpp"
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+namespace duet::bench {
+
+struct engine_bench_options {
+  std::string model;                            ///< .gguf or llama2.c .bin
+  std::string tokenizer;                        ///< llama2.c tokenizer (for .bin)
+  int threads = 1;                              ///< engine compute threads
+  std::vector<int> prefill_tokens = {128, 512}; ///< prompt lengths (clamped to the context)
+  std::vector<int> decode_batches = {1, 8, 32}; ///< concurrent sequences
+  int decode_steps = 16;                        ///< timed decode steps per batch size
+  int context_tokens = 64;                      ///< prompt each decoding sequence starts from
+  engine::dtype kv_type = engine::dtype::f32;
+  std::size_t bandwidth_bytes = std::size_t{256} << 20; ///< working set of the read baseline
+};
+
+struct engine_bench_figure {
+  int n = 0;                 ///< prompt tokens (prefill) or sequences (decode)
+  double tokens_per_s = 0.0; ///< tokens processed (prefill) or generated (decode) per second
+};
+
+struct engine_bench_result {
+  std::string model;
+  std::string weight_types; ///< e.g. "q8_0" or "f32+f16"
+  std::string simd;         ///< matmul kernel in use
+  int threads = 0;
+  std::size_t weight_bytes_per_token = 0; ///< bytes one decode step reads (model_weights)
+  double read_gbps = 0.0;                 ///< measured with the same thread count
+  std::vector<engine_bench_figure> prefill;
+  std::vector<engine_bench_figure> decode;
+  std::size_t kv_pool_bytes = 0;
+
+  /// Single-sequence decode tok/s if it ran at the memory read bandwidth.
+  double roofline_tokens_per_s() const;
+};
+
+/// Runs the benchmark (loads the model, measures bandwidth, prefill, decode).
+engine_bench_result run_engine_bench(const engine_bench_options& options);
+
+/// Human-readable report with the ratios the targets are stated in.
+std::string format_engine_bench(const engine_bench_result& result);
+
+} // namespace duet::bench
