@@ -125,6 +125,10 @@ actors::completion_callbacks callbacks_for(const std::shared_ptr<request_state>&
 struct step {
   std::string text;
   std::vector<int> token_ids;
+  /// The same, one entry per token as OpenAI streams them; a token whose text is held back
+  /// (stop-string prefix, partial UTF-8) joins the next entry, so no entry has empty text
+  /// except possibly the last.
+  std::vector<std::pair<std::string, std::vector<int>>> pieces;
   bool ended = false;
   std::string finish_reason; ///< "length" or "stop" when ended without error
   std::optional<api_error> error;
@@ -214,8 +218,12 @@ struct gateway::impl::exchange {
         first_token = t.at;
       }
       last_token = t.at;
-      s.text += text.push(t.token);
+      std::string piece = text.push(t.token);
+      s.text += piece;
       s.token_ids.push_back(t.token);
+      if (s.pieces.empty() || !s.pieces.back().first.empty()) s.pieces.emplace_back();
+      s.pieces.back().first += piece;
+      s.pieces.back().second.push_back(t.token);
       if (text.stopped()) {
         // The rest of the completion is not wanted: free its decode slot and KV now.
         gw.service.cancel(id);
@@ -239,7 +247,12 @@ struct gateway::impl::exchange {
         s.error = api_error{503, "the request was cancelled by the fabric",
                             "service_unavailable_error", "", "cancelled"};
       else {
-        s.text += text.flush();
+        std::string tail = text.flush();
+        s.text += tail;
+        if (!tail.empty()) {
+          if (s.pieces.empty()) s.pieces.emplace_back();
+          s.pieces.back().first += tail;
+        }
         s.finish_reason = done->reason == actors::finish_reason::stop ? "stop" : "length";
       }
       return s;
@@ -466,9 +479,9 @@ void gateway::impl::handle_completion(endpoint_kind kind, const httplib::Request
         }
         step s = pending ? std::move(*pending) : ex->advance(std::chrono::milliseconds(100));
         pending.reset();
-        if (!s.text.empty() || !s.token_ids.empty())
-          out += sse_event(
-              chunk_json(q, ex->id, ex->created_s, options.model_name, s.text, "", s.token_ids));
+        for (const auto& [piece, ids] : s.pieces)
+          out +=
+              sse_event(chunk_json(q, ex->id, ex->created_s, options.model_name, piece, "", ids));
         request_outcome outcome = request_outcome::length;
         if (s.ended) {
           if (s.error) {
