@@ -34,7 +34,8 @@ inline actors::cluster_config stories_config() {
 
 /// Greedy tokens after `prompt` from one engine runner, stopping at EOS/BOS as run.c does:
 /// the reference every fabric path must reproduce exactly.
-inline std::vector<int> reference_tokens(const std::vector<int>& prompt, int max_tokens) {
+inline std::vector<int> reference_tokens(const std::vector<int>& prompt, int max_tokens,
+                                         bool stop_at_eos = true) {
   static auto model = engine::open_model(model_file("stories260K.bin"), model_file("tok512.bin"));
   const auto& cfg = model.weights->config;
   engine::runner run{*model.weights, {1, 64}};
@@ -49,7 +50,7 @@ inline std::vector<int> reference_tokens(const std::vector<int>& prompt, int max
   int pos = int(prompt.size());
   int token = engine::sample_argmax(logits);
   while (true) {
-    if (token == model.tok.eos_id() || token == model.tok.bos_id()) break;
+    if (stop_at_eos && (token == model.tok.eos_id() || token == model.tok.bos_id())) break;
     out.push_back(token);
     if (int(out.size()) >= max_tokens) break;
     engine::decode_item item{1, token, pos};

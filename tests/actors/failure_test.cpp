@@ -126,15 +126,35 @@ TEST_CASE("a decode lane killed from outside with requests in flight loses none 
                                         prompt_of(*cluster, "Tom had a big red ball and he"),
                                         prompt_of(*cluster, "The cat sat on the")};
   std::vector<collector> cols(prompts.size());
-  for (std::size_t i = 0; i < prompts.size(); ++i)
-    cluster->submit(make_request("k" + std::to_string(i), prompts[i], 48), cols[i].callbacks());
-  std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  // The kill lands once the first request has a token out (the others are queued or running).
+  std::mutex m;
+  std::condition_variable cv;
+  bool started = false;
+  for (std::size_t i = 0; i < prompts.size(); ++i) {
+    auto cb = cols[i].callbacks();
+    auto inner = cb.on_token;
+    cb.on_token = [&, inner](int pos, int tok) {
+      inner(pos, tok);
+      std::lock_guard g{m};
+      started = true;
+      cv.notify_all();
+    };
+    auto r = make_request("k" + std::to_string(i), prompts[i], 48);
+    r.stop_at_eos = false;
+    cluster->submit(r, cb);
+  }
+  {
+    std::unique_lock lock{m};
+    REQUIRE(cv.wait_for(lock, std::chrono::seconds(30), [&] { return started; }));
+  }
   CHECK(cluster->kill_actor("decode/1"));
   for (std::size_t i = 0; i < prompts.size(); ++i) {
     auto out = cols[i].wait();
     INFO(out.result.error_message);
     CHECK(out.result.error == actors::service_error::none);
-    CHECK(out.tokens == reference_tokens(prompts[i], 48));
+    auto expected = reference_tokens(prompts[i], 48, false);
+    CHECK(out.tokens == expected);
+    CHECK(out.tokens.size() == 48);
     check_positions(out, int(prompts[i].size()));
   }
   CHECK(settled_kv_blocks(*cluster) == 0);

@@ -51,35 +51,40 @@ struct fixture {
   }
 
   caf::actor spawn_lane() {
-    auto lane = sys->spawn([this](caf::event_based_actor* self) -> caf::behavior {
-      return {
-          [this, self](open_seq&) -> caf::result<ok_atom> {
-            if (lane_answers_open) return ok_atom::value;
-            return self->make_response_promise<ok_atom>(); // never delivered
-          },
-          [this](integrated_job& job) { jobs.push_back(job); },
-          [](release_atom, std::uint64_t) {},
-          [](start_decode&) {},
-      };
-    });
+    // (an argument, because CAF 0.17 dereferences a null tuple for argument-less lambdas)
+    auto lane = sys->spawn(
+        [this](caf::event_based_actor* self, int) -> caf::behavior {
+          return {
+              [this, self](open_seq&) -> caf::result<ok_atom> {
+                if (lane_answers_open) return ok_atom::value;
+                return self->make_response_promise<ok_atom>(); // never delivered
+              },
+              [this](integrated_job& job) { jobs.push_back(job); },
+              [](release_atom, std::uint64_t) {},
+              [](start_decode&) {},
+          };
+        },
+        0);
     lanes.push_back(lane);
     return lane;
   }
 
   caf::actor spawn_controller() {
-    return sys->spawn([this](caf::event_based_actor*) -> caf::behavior {
-      return {
-          [this](place_atom, place_query&) -> placement_reply {
-            ++placements;
-            placement_reply r;
-            r.disaggregated = false;
-            r.decode_node = 0;
-            r.lane = lanes.at(std::size_t(placements - 1));
-            return r;
-          },
-          [](finished_atom, std::uint64_t) {},
-      };
-    });
+    return sys->spawn(
+        [this](caf::event_based_actor*, int) -> caf::behavior {
+          return {
+              [this](place_atom, place_query&) -> placement_reply {
+                ++placements;
+                placement_reply r;
+                r.disaggregated = false;
+                r.decode_node = 0;
+                r.lane = lanes.at(std::size_t(placements - 1));
+                return r;
+              },
+              [](finished_atom, std::uint64_t) {},
+          };
+        },
+        0);
   }
 
   caf::actor spawn_request(std::vector<int> prompt, int max_tokens, caf::actor controller,
