@@ -125,8 +125,8 @@ void run_generate(const generate_options& o) {
 void setup_generate(CLI::App& app) {
   auto o = std::make_shared<generate_options>();
   auto* cmd = app.add_subcommand(
-      "generate",
-      "Generate text with a model on this CPU, streaming it as it is produced.\n"
+      "generate", "Generate text with a model on this CPU, streaming it as it is produced");
+  cmd->footer(
       "Models: GGUF (llama architecture; F32/F16/Q8_0; tokenizer inside the file) or a\n"
       "llama2.c checkpoint with its tokenizer file, e.g.\n"
       "  duet generate --model stories260K.bin --tokenizer tok512.bin --prompt 'Once upon'\n"

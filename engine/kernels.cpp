@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -127,21 +128,62 @@ DUET_AVX2 void tile(const tensor_view& w, std::int64_t r0, const float* x, std::
     }
 }
 
+/// Q8_0 tile: the scale of each 32-value block is converted once per block and row, then the
+/// block's 4 x 8 quants are dequantized (q * d, exact) and multiplied with the activations.
+template <int R, int NT>
+DUET_AVX2 void tile_q8_0(const tensor_view& w, std::int64_t r0, const float* x,
+                         std::int64_t x_stride, int t0, float* y, std::int64_t y_stride) {
+  const std::int64_t blocks = w.cols / 32;
+  const q8_0_block* rows[R];
+  const float* xs[NT];
+  for (int i = 0; i < R; ++i) rows[i] = reinterpret_cast<const q8_0_block*>(w.row(r0 + i));
+  for (int j = 0; j < NT; ++j) xs[j] = x + static_cast<std::int64_t>(t0 + j) * x_stride;
+  __m256 acc[R][NT];
+  for (int i = 0; i < R; ++i)
+    for (int j = 0; j < NT; ++j) acc[i][j] = _mm256_setzero_ps();
+  for (std::int64_t b = 0; b < blocks; ++b) {
+    float d[R];
+    for (int i = 0; i < R; ++i) d[i] = _cvtsh_ss(rows[i][b].d);
+    for (int sub = 0; sub < 4; ++sub) {
+      __m256 wv[R];
+      for (int i = 0; i < R; ++i) {
+        __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(rows[i][b].qs + sub * 8));
+        wv[i] =
+            _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), _mm256_broadcast_ss(&d[i]));
+      }
+      for (int j = 0; j < NT; ++j) {
+        __m256 xv = _mm256_loadu_ps(xs[j] + b * 32 + sub * 8);
+        for (int i = 0; i < R; ++i) acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
+      }
+    }
+  }
+  for (int i = 0; i < R; ++i)
+    for (int j = 0; j < NT; ++j)
+      y[static_cast<std::int64_t>(t0 + j) * y_stride + r0 + i] = hsum(acc[i][j]);
+}
+
 template <class L>
 DUET_AVX2 void matmul_avx2_typed(const tensor_view& w, const float* x, std::int64_t x_stride, int n,
                                  float* y, std::int64_t y_stride, std::int64_t row_begin,
                                  std::int64_t row_end) {
   constexpr int R = 4, NT = 2;
+  constexpr bool q8 = std::is_same_v<L, load_q8_0>;
+  auto run = [&]<int RR, int NN>(std::int64_t r, int t) {
+    if constexpr (q8)
+      tile_q8_0<RR, NN>(w, r, x, x_stride, t, y, y_stride);
+    else
+      tile<L, RR, NN>(w, r, x, x_stride, t, y, y_stride);
+  };
   std::int64_t r = row_begin;
   for (; r + R <= row_end; r += R) {
     int t = 0;
-    for (; t + NT <= n; t += NT) tile<L, R, NT>(w, r, x, x_stride, t, y, y_stride);
-    for (; t < n; ++t) tile<L, R, 1>(w, r, x, x_stride, t, y, y_stride);
+    for (; t + NT <= n; t += NT) run.template operator()<R, NT>(r, t);
+    for (; t < n; ++t) run.template operator()<R, 1>(r, t);
   }
   for (; r < row_end; ++r) {
     int t = 0;
-    for (; t + NT <= n; t += NT) tile<L, 1, NT>(w, r, x, x_stride, t, y, y_stride);
-    for (; t < n; ++t) tile<L, 1, 1>(w, r, x, x_stride, t, y, y_stride);
+    for (; t + NT <= n; t += NT) run.template operator()<1, NT>(r, t);
+    for (; t < n; ++t) run.template operator()<1, 1>(r, t);
   }
 }
 
