@@ -12,8 +12,13 @@ packages=(
   catch2                     # tests (v2)
   libcli11-dev libspdlog-dev libfmt-dev nlohmann-json3-dev libcpp-httplib-dev
   libtomlplusplus-dev libxxhash-dev prometheus-cpp-dev
-  curl nodejs npm            # the HTTP client tests (official openai npm package)
+  curl                       # the README's request example
 )
+# The client tests use Node.js + npm (the official openai package). Many machines carry a
+# Node.js of their own outside dpkg; only when none is on PATH do we take Debian's.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  packages+=(nodejs npm)
+fi
 
 missing=()
 for p in "${packages[@]}"; do
