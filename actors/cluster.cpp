@@ -52,8 +52,9 @@ model_footprint footprint_of(const engine::model_weights& w, const cluster_confi
 std::string listen_address_for(const std::string& transport, std::uint64_t serial, int node) {
   if (transport == "inproc")
     return fmt::format("inproc://duet-{}-{}-lane-{}", getpid(), serial, node);
-  if (transport == "zmq+tcp" || transport == "zmq") return "zmq+tcp://127.0.0.1:0";
-  if (transport == "zmq+ipc")
+  if (transport == "zmq+tcp" || transport == "zmq:tcp" || transport == "zmq")
+    return "zmq+tcp://127.0.0.1:0";
+  if (transport == "zmq+ipc" || transport == "zmq:ipc")
     return fmt::format("zmq+ipc:///tmp/duet-{}-{}-lane-{}", getpid(), serial, node);
   if (transport == "fabric+shm" || transport == "fabric:shm") return "fabric+shm://";
   if (transport == "fabric+tcp" || transport == "fabric:tcp") return "fabric+tcp://127.0.0.1";

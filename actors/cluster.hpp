@@ -49,6 +49,8 @@ struct cluster_config {
   std::string decode_profile = "cpu";  ///< profile of decode nodes
   /// KV transport: "inproc", "zmq+tcp", "zmq+ipc", "fabric+shm", "fabric+tcp" (each decode
   /// lane listens on an ephemeral address of that kind), or "actor" (KV as CAF messages).
+  /// "zmq:tcp", "zmq:ipc", "fabric:shm", "fabric:tcp" are accepted spellings; a full
+  /// transport address ("zmq+tcp://10.0.0.5:0") is used as the lane's listen address.
   std::string transport = "inproc";
 
   // -- placement -------------------------------------------------------------------------------
