@@ -377,20 +377,22 @@ public:
   result<segment> recv(milliseconds timeout) override {
     auto deadline = std::chrono::steady_clock::now() + timeout;
     backoff wait;
+    bool idle = false; // the last CQ poll found nothing
     for (;;) {
       if (!ready_.empty()) {
         auto out = std::move(ready_.front());
         ready_.pop_front();
         return out;
       }
-      if (auto r = send_grants(deadline); !r) return r.err();
+      if (auto r = send_grants(deadline, idle); !r) return r.err();
       auto n = ep_.poll([&](std::span<const std::byte> bytes) {
         auto r = handle(bytes);
         if (r.ok() || r.code() != errc::ok) ready_.push_back(std::move(r));
       });
       if (!n) return arrival_checker::reject(stats_, n.code(), n.err().context);
       drain_waiting();
-      if (*n > 0) {
+      idle = *n == 0;
+      if (!idle) {
         wait.reset();
         continue;
       }
@@ -404,14 +406,17 @@ public:
   const counters& stats() const override { return stats_; }
 
 private:
-  result<void> send_grants(std::chrono::steady_clock::time_point deadline) {
+  /// Returns freed window bytes to their senders: batched (a quarter window at a time) while
+  /// completions keep coming, everything once idle (`all`).
+  result<void> send_grants(std::chrono::steady_clock::time_point deadline, bool all) {
     for (auto& [id, st] : streams_) {
       std::uint64_t grant;
       {
         std::lock_guard lock(st.ring->mu);
+        if (st.ring->grant_pending == 0 || (!all && st.ring->grant_pending < st.window_bytes / 4))
+          continue;
         grant = std::exchange(st.ring->grant_pending, 0);
       }
-      if (grant == 0) continue;
       if (auto r = ep_.send_ctrl(st.peer, messages::credit_grant{id, grant, 0, 0, 0, 0}, deadline);
           !r)
         return r;

@@ -90,10 +90,14 @@ public:
   const counters& stats() const override { return stats_; }
 
 private:
-  void send_credits() {
+  /// Returns released bytes to their senders: batched (a quarter window at a time) while
+  /// segments keep arriving, everything when about to wait (`all`). One credit frame per
+  /// segment doubled the messages and wake-ups per segment.
+  void send_credits(bool all) {
     for (auto& [id, st] : streams_) {
-      std::uint64_t n = st->released_bytes.exchange(0);
-      if (n == 0) continue;
+      std::uint64_t n = st->released_bytes.load();
+      if (n == 0 || (!all && n < opts_.window_bytes / 4)) continue;
+      n = st->released_bytes.exchange(0);
       sock_.send(zmq::buffer(id), zmq::send_flags::sndmore);
       send_frame(sock_, messages::credit_grant{st->stream_id, n, 0, 0, 0, 0},
                  zmq::send_flags::dontwait);
@@ -103,11 +107,15 @@ private:
   result<segment> recv_impl(milliseconds timeout) {
     auto deadline = std::chrono::steady_clock::now() + timeout;
     for (;;) {
-      send_credits();
-      long wait = remaining_ms(deadline);
-      if (outstanding_buffers_->load() > 0) wait = std::min(wait, credit_poll_slice_ms);
+      send_credits(false);
       zmq::pollitem_t item{sock_.handle(), 0, ZMQ_POLLIN, 0};
-      zmq::poll(&item, 1, std::chrono::milliseconds(wait));
+      zmq::poll(&item, 1, std::chrono::milliseconds(0));
+      if ((item.revents & ZMQ_POLLIN) == 0) { // about to wait: return all credit first
+        send_credits(true);
+        long wait = remaining_ms(deadline);
+        if (outstanding_buffers_->load() > 0) wait = std::min(wait, credit_poll_slice_ms);
+        zmq::poll(&item, 1, std::chrono::milliseconds(wait));
+      }
       if ((item.revents & ZMQ_POLLIN) == 0) {
         if (remaining_ms(deadline) == 0)
           return fail(errc::timeout, address_ + ": nothing arrived within " +
