@@ -11,16 +11,19 @@ CC=clang CXX=clang++ cmake -S "$root" -B "$build" -G Ninja -DDUET_FUZZ=ON -DDUET
   -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBUILD_TESTING=OFF \
   -DCMAKE_CXX_FLAGS="-fsanitize=fuzzer-no-link,address,undefined" \
   -DCMAKE_C_FLAGS="-fsanitize=fuzzer-no-link,address,undefined" >/dev/null
-targets=(fuzz_stream_frame fuzz_control)
+targets=(fuzz_stream_frame fuzz_control fuzz_gguf)
 cmake --build "$build" --target "${targets[@]}" fuzz_seeds -j2
 "$build/fuzz/fuzz_seeds" "$build/corpus"
+models=${DUET_MODELS_DIR:-$root/../shared/models}
+mkdir -p "$build/corpus/fuzz_gguf"
+[ -f "$models/stories260K.gguf" ] && cp -f "$models/stories260K.gguf" "$build/corpus/fuzz_gguf/stories260K.gguf"
 status=0
 for t in "${targets[@]}"; do
   corpus="$build/corpus/$t"
   findings="$build/findings/$t"
   mkdir -p "$corpus" "$findings"
   echo "== $t for ${seconds}s"
-  if ! "$build/fuzz/$t" "$corpus" -max_total_time="$seconds" -max_len=4096 -timeout=10 \
+  if ! "$build/fuzz/$t" "$corpus" -max_total_time="$seconds" -max_len="$( [ "$t" = fuzz_gguf ] && echo 65536 || echo 4096 )" -timeout=10 \
        -rss_limit_mb=2048 -artifact_prefix="$findings/" -print_final_stats=1 2>"$build/$t.log"; then
     status=1
     echo "FINDING in $t: see $findings and $build/$t.log"
