@@ -89,7 +89,7 @@ const std::vector<option_spec>& serve_options() {
       {"--api-key", "DUET_API_KEYS", "api_keys", "KEY",
        "API key clients must send as `Authorization: Bearer KEY`; repeat for several "
        "(environment: comma-separated); none = no authentication",
-       true, [](const serve_config& c) { return c.api_keys.empty() ? "(none)" : "(set)"; },
+       true, [](const serve_config& c) { return c.api_keys.empty() ? "" : "(set)"; },
        [](serve_config& c, V v) {
          c.api_keys.clear();
          for (const auto& k : v)

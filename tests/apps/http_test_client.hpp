@@ -26,7 +26,7 @@ struct http_answer {
 inline httplib::Client client_for(int port) {
   httplib::Client cli{"127.0.0.1", port};
   cli.set_read_timeout(60, 0);
-  cli.set_connection_timeout(10, 0);
+  cli.set_connection_timeout(30, 0); // 64 simultaneous connects on a loaded 2-core CI box
   return cli;
 }
 

@@ -283,7 +283,7 @@ TEST_CASE("64 concurrent streaming clients all complete with no token lost or re
   }
   for (auto& t : threads) t.join();
   for (int i = 0; i < clients; ++i) {
-    INFO("client " << i);
+    INFO("client " << i << " status " << statuses[i]);
     CHECK(statuses[i] == 200);
     CHECK(results[i].done);
     CHECK(results[i].ids == references[i % prompts.size()]);
