@@ -4,18 +4,23 @@
 #include "actors/errors.hpp"
 #include "actors/fabric_messages.hpp"
 #include "actors/kv_link.hpp"
+#include "actors/remote_cluster.hpp"
+#include "actors/remote_node.hpp"
 #include "actors/request_actor.hpp"
 #include "engine/error.hpp"
 
 #include <caf/all.hpp>
+#include <caf/io/all.hpp>
 
 #include <fmt/core.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <filesystem>
 #include <map>
 #include <mutex>
 #include <stdexcept>
+#include <thread>
 #include <unistd.h>
 
 namespace duet::actors {
@@ -27,13 +32,63 @@ std::atomic<std::uint64_t> cluster_serial{0};
 /// CAF settings for an embedded cluster: few workers that sleep when idle (the sharing
 /// policy waits on a condition variable; work stealing polls), engine work on detached actors.
 struct fabric_system_config : caf::actor_system_config {
-  explicit fabric_system_config(int workers) {
+  /// `remote`: load the middleman and register every message type (multi-process).
+  explicit fabric_system_config(int workers, bool remote = false) {
     set("scheduler.policy", caf::atom("sharing"));
     set("scheduler.max-threads", std::max(1, workers));
     set("logger.verbosity", caf::atom("quiet"));
     add_fabric_error_category(*this);
+    if (remote) {
+      load<caf::io::middleman>();
+      add_fabric_message_types(*this);
+    }
   }
 };
+
+/// The model and the shared context every process of a cluster loads the same way.
+std::shared_ptr<fabric_context> make_context(const cluster_config& config) {
+  std::shared_ptr<fabric_context> ctx;
+  try {
+    ctx = std::make_shared<fabric_context>(
+        engine::open_model(config.model_path, config.tokenizer_path), config.faults);
+  } catch (const std::exception& e) {
+    throw std::runtime_error(fmt::format("cluster: cannot load model: {}", e.what()));
+  }
+  ctx->config = config;
+  ctx->stop_tokens.push_back(ctx->model.tok.eos_id());
+  // llama2.c models end a story with BOS, as run.c stops on it.
+  if (ctx->model.format == engine::model_format::llama2c)
+    ctx->stop_tokens.push_back(ctx->model.tok.bos_id());
+  ctx->transport_label = config.transport;
+  return ctx;
+}
+
+/// Nodes that joined a controller, handed from the registrar actor to the constructor.
+struct join_board {
+  std::mutex mutex;
+  std::condition_variable changed;
+  std::vector<node_hello> nodes;
+  int expected = 0;
+};
+
+/// The published actor nodes join through: each hello gets the next node id until the
+/// expected number joined; later joins are refused (membership is fixed at start; nodes leave
+/// by dying).
+caf::behavior registrar_impl(caf::event_based_actor*, std::shared_ptr<join_board> board) {
+  return {
+      [=](join_atom, node_hello& hello) -> caf::result<std::int32_t> {
+        std::lock_guard guard{board->mutex};
+        if (int(board->nodes.size()) >= board->expected)
+          return make_error(fabric_errc::overloaded,
+                            fmt::format("controller: all {} nodes already joined; membership is "
+                                        "fixed at start",
+                                        board->expected));
+        board->nodes.push_back(std::move(hello));
+        board->changed.notify_all();
+        return std::int32_t(board->nodes.size() - 1);
+      },
+  };
+}
 
 model_footprint footprint_of(const engine::model_weights& w, const cluster_config& cfg) {
   model_footprint f;
@@ -69,18 +124,7 @@ class embedded_cluster final : public cluster {
 public:
   explicit embedded_cluster(cluster_config config)
       : serial_(++cluster_serial), system_config_(config.caf_workers) {
-    try {
-      ctx_ = std::make_shared<fabric_context>(
-          engine::open_model(config.model_path, config.tokenizer_path), config.faults);
-    } catch (const std::exception& e) {
-      throw std::runtime_error(fmt::format("cluster: cannot load model: {}", e.what()));
-    }
-    ctx_->config = config;
-    ctx_->stop_tokens.push_back(ctx_->model.tok.eos_id());
-    // llama2.c models end a story with BOS, as run.c stops on it.
-    if (ctx_->model.format == engine::model_format::llama2c)
-      ctx_->stop_tokens.push_back(ctx_->model.tok.bos_id());
-    ctx_->transport_label = config.transport;
+    ctx_ = make_context(config);
     model_name_ = std::filesystem::path(config.model_path).stem().string();
     if (config.prefill_nodes < 0 || config.decode_nodes < 1)
       throw std::invalid_argument(
@@ -94,36 +138,16 @@ public:
           fmt::format("cluster: unknown profile '{}' (known: trainium2, "
                       "wse3, cpu)",
                       !prefill_profile ? config.prefill_profile : config.decode_profile));
-    const auto& weights = *ctx_->model.weights;
-    auto footprint = footprint_of(weights, config);
-
-    controller_spec spec;
-    std::vector<node_view> views;
+    std::vector<node_spec> nodes;
     for (int i = 0; i < config.prefill_nodes + config.decode_nodes; ++i) {
       node_spec n;
       n.node_id = i;
       n.prefill = i < config.prefill_nodes;
       n.decode = !n.prefill;
       n.profile = n.prefill ? *prefill_profile : *decode_profile;
-      if (n.decode) {
-        // A decode lane holds every layer and its whole KV pool.
-        if (auto err = check_fit(n.profile, footprint, footprint.n_layers))
-          throw std::runtime_error(fmt::format("cluster: decode node {}: {}", i, describe(err)));
-      }
-      node_view v;
-      v.node_id = i;
-      v.profile = n.profile;
-      v.prefill = n.prefill;
-      v.decode = n.decode;
-      views.push_back(v);
-      spec.nodes.push_back(std::move(n));
+      nodes.push_back(std::move(n));
     }
-    if (config.prefill_nodes > 0) {
-      auto plans = plan_prefill_pipelines(views, footprint, config.prefill_split);
-      if (!plans) throw std::runtime_error("cluster: " + describe(plans.error()));
-      spec.pipelines = std::move(*plans);
-    }
-    ctx_->metrics = make_fabric_metrics(config.metrics, config.transport, int(spec.nodes.size()));
+    auto spec = plan(config, std::move(nodes));
 
     if (config.transport != "actor") {
       for (auto& n : spec.nodes) {
@@ -141,7 +165,132 @@ public:
     controller_ = spawn_controller(*system_, ctx_, std::move(spec));
   }
 
-  ~embedded_cluster() override {
+  /// The controller process of a multi-process cluster (remote_cluster.hpp).
+  embedded_cluster(cluster_config config, const controller_options& options)
+      : serial_(++cluster_serial), system_config_(config.caf_workers, true) {
+    ctx_ = make_context(config);
+    ctx_->on_event = options.on_event;
+    model_name_ = std::filesystem::path(config.model_path).stem().string();
+    if (options.nodes < 1)
+      throw std::invalid_argument(fmt::format("controller: need >= 1 node, got {}", options.nodes));
+    system_ = std::make_unique<caf::actor_system>(system_config_);
+    auto board = std::make_shared<join_board>();
+    board->expected = options.nodes;
+    registrar_ = system_->spawn(registrar_impl, board);
+    auto port =
+        system_->middleman().publish(registrar_, options.port, options.listen_host.c_str(), true);
+    if (!port) {
+      shutdown();
+      throw std::runtime_error(fmt::format("controller: cannot listen on {}:{}: {}",
+                                           options.listen_host, options.port,
+                                           system_->render(port.error())));
+    }
+    if (options.on_listening) options.on_listening(*port);
+    std::vector<node_hello> hellos;
+    {
+      std::unique_lock lock{board->mutex};
+      auto joined =
+          board->changed.wait_for(lock, std::chrono::milliseconds(options.join_timeout_ms),
+                                  [&] { return int(board->nodes.size()) >= board->expected; });
+      if (!joined) {
+        auto n = board->nodes.size();
+        lock.unlock();
+        shutdown();
+        throw std::runtime_error(fmt::format("controller: {} of {} nodes joined within {} ms", n,
+                                             options.nodes, options.join_timeout_ms));
+      }
+      hellos = board->nodes;
+    }
+    std::vector<node_spec> nodes;
+    for (std::size_t i = 0; i < hellos.size(); ++i) {
+      const auto& h = hellos[i];
+      auto profile = find_profile(h.profile);
+      if (!profile) {
+        shutdown();
+        throw std::invalid_argument(
+            fmt::format("controller: node {} has unknown profile '{}'", i, h.profile));
+      }
+      node_spec n;
+      n.node_id = int(i);
+      n.prefill = h.prefill;
+      n.decode = h.decode;
+      n.profile = *profile;
+      n.kv_address = h.kv_address;
+      n.agent = h.agent;
+      if (options.on_event)
+        options.on_event(fmt::format("node {} joined pid {} profile {} roles {}{} kv {}", i, h.pid,
+                                     h.profile, h.prefill ? "prefill" : "",
+                                     h.prefill && h.decode ? "+decode" : (h.decode ? "decode" : ""),
+                                     h.kv_address.empty() ? "-" : h.kv_address));
+      nodes.push_back(std::move(n));
+    }
+    controller_spec spec;
+    try {
+      spec = plan(config, std::move(nodes));
+    } catch (...) {
+      shutdown();
+      throw;
+    }
+    spec.heartbeat_timeout_ms = options.heartbeat_timeout_ms;
+    controller_ = spawn_controller(*system_, ctx_, std::move(spec));
+    for (std::size_t i = 0; i < hellos.size(); ++i)
+      caf::anon_send(hellos[i].agent, start_atom::value, controller_, std::int32_t(i),
+                     std::int32_t(options.heartbeat_interval_ms));
+    // Slots on nodes are spawned by request: serve once every one of them is up (bounded).
+    auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::milliseconds(options.join_timeout_ms);
+    while (true) {
+      auto entries = ctx_->registry.snapshot();
+      bool all = !entries.empty();
+      for (const auto& e : entries) all = all && e.alive;
+      if (all) break;
+      if (std::chrono::steady_clock::now() > deadline) {
+        shutdown();
+        throw std::runtime_error(
+            fmt::format("controller: the nodes did not start their shards and lanes within {} ms",
+                        options.join_timeout_ms));
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  }
+
+  /// Checks every decode node's fit, plans the prefill pipelines over the prefill nodes, and
+  /// sizes the metrics: the same for embedded and multi-process clusters.
+  controller_spec plan(const cluster_config& config, std::vector<node_spec> nodes) {
+    const auto& weights = *ctx_->model.weights;
+    auto footprint = footprint_of(weights, config);
+    controller_spec spec;
+    std::vector<node_view> views;
+    int prefill_nodes = 0;
+    for (auto& n : nodes) {
+      if (n.decode) {
+        // A decode lane holds every layer and its whole KV pool.
+        if (auto err = check_fit(n.profile, footprint, footprint.n_layers))
+          throw std::runtime_error(
+              fmt::format("cluster: decode node {}: {}", n.node_id, describe(err)));
+      }
+      prefill_nodes += n.prefill ? 1 : 0;
+      node_view v;
+      v.node_id = n.node_id;
+      v.profile = n.profile;
+      v.prefill = n.prefill;
+      v.decode = n.decode;
+      views.push_back(v);
+      spec.nodes.push_back(std::move(n));
+    }
+    if (prefill_nodes > 0) {
+      auto plans = plan_prefill_pipelines(views, footprint, config.prefill_split);
+      if (!plans) throw std::runtime_error("cluster: " + describe(plans.error()));
+      spec.pipelines = std::move(*plans);
+    }
+    ctx_->metrics = make_fabric_metrics(config.metrics, config.transport, int(spec.nodes.size()));
+    return spec;
+  }
+
+  ~embedded_cluster() override { shutdown(); }
+
+  void shutdown() {
+    if (!system_) return;
     std::vector<caf::actor> live;
     {
       std::lock_guard guard{mutex_};
@@ -149,8 +298,10 @@ public:
     }
     for (auto& handle : live) caf::anon_send(handle, cancel_atom::value);
     for (auto& pump : pumps_) pump->stop(); // no more forwarding into the actor system
-    caf::anon_send_exit(controller_, caf::exit_reason::user_shutdown);
+    if (controller_) caf::anon_send_exit(controller_, caf::exit_reason::user_shutdown);
     controller_ = caf::actor{};
+    if (registrar_) caf::anon_send_exit(registrar_, caf::exit_reason::user_shutdown);
+    registrar_ = caf::actor{};
     system_.reset(); // waits for every actor (the shards close their senders)
     pumps_.clear();  // receivers last
   }
@@ -256,6 +407,7 @@ private:
   std::vector<std::unique_ptr<kv_pump>> pumps_;
   std::unique_ptr<caf::actor_system> system_;
   caf::actor controller_;
+  caf::actor registrar_; ///< multi-process: what nodes join through
   std::atomic<std::uint64_t> next_id_{0};
   std::mutex mutex_;
   std::map<std::string, caf::actor> requests_;
@@ -266,6 +418,87 @@ private:
 
 std::unique_ptr<cluster> make_embedded_cluster(cluster_config config) {
   return std::make_unique<embedded_cluster>(std::move(config));
+}
+
+std::unique_ptr<cluster> make_controller_cluster(cluster_config config,
+                                                 controller_options options) {
+  return std::make_unique<embedded_cluster>(std::move(config), options);
+}
+
+void run_node(cluster_config config, node_options options) {
+  if (!options.prefill && !options.decode)
+    throw std::invalid_argument("node: needs the prefill role, the decode role or both");
+  if (!find_profile(options.profile))
+    throw std::invalid_argument(
+        fmt::format("node: unknown profile '{}' (known: trainium2, wse3, cpu)", options.profile));
+  if (config.transport == "inproc" || config.transport == "actor")
+    throw std::invalid_argument(
+        fmt::format("node: transport '{}' does not cross processes (zmq+tcp, zmq+ipc, fabric+shm, "
+                    "fabric+tcp)",
+                    config.transport));
+  auto serial = ++cluster_serial;
+  auto ctx = make_context(config);
+  ctx->on_event = options.on_event;
+  // The KV receiver is bound before joining: its concrete address travels in the hello. It
+  // forwards to whichever decode lane this node currently runs.
+  std::unique_ptr<kv_pump> pump;
+  if (options.decode) {
+    auto started = kv_pump::start(ctx, listen_address_for(config.transport, serial, 0), [ctx] {
+      for (const auto& e : ctx->registry.snapshot())
+        if (e.kind == actor_kind::decode_lane && e.alive) return e.handle;
+      return caf::actor{};
+    });
+    if (!started) throw std::runtime_error("node: " + describe(started.error()));
+    pump = std::move(*started);
+  }
+  fabric_system_config system_config{config.caf_workers, true};
+  std::string failure;
+  {
+    caf::actor_system sys{system_config};
+    auto registrar = sys.middleman().remote_actor(options.controller_host, options.controller_port);
+    if (!registrar) {
+      failure =
+          fmt::format("node: cannot reach the controller at {}:{}: {}", options.controller_host,
+                      options.controller_port, sys.render(registrar.error()));
+    } else {
+      auto agent = spawn_node_agent(sys, ctx);
+      node_hello hello;
+      hello.pid = std::int32_t(getpid());
+      hello.profile = options.profile;
+      hello.prefill = options.prefill;
+      hello.decode = options.decode;
+      hello.kv_address = pump ? pump->address() : std::string{};
+      hello.agent = agent;
+      caf::scoped_actor self{sys};
+      self->request(*registrar, std::chrono::seconds(10), join_atom::value, hello)
+          .receive(
+              [&](std::int32_t node) {
+                if (options.on_event) options.on_event(fmt::format("joined as node {}", node));
+              },
+              [&](caf::error& err) {
+                failure = fmt::format("node: join refused: {}", sys.render(err));
+              });
+      if (!failure.empty()) {
+        self->send_exit(agent, caf::exit_reason::user_shutdown);
+      } else {
+        // Serve until the agent quits (the controller went away) or the connection to the
+        // controller breaks before it was started.
+        self->monitor(agent);
+        self->monitor(*registrar);
+        bool agent_down = false;
+        self->receive([&](caf::down_msg& dm) { agent_down = dm.source == agent.address(); });
+        if (!agent_down) {
+          self->send_exit(agent, caf::exit_reason::user_shutdown);
+          self->receive_while([&] { return !agent_down; })(
+              [&](caf::down_msg& dm) { agent_down = dm.source == agent.address(); });
+        }
+        if (options.on_event) options.on_event("controller gone; node stopping");
+      }
+    }
+    if (pump) pump->stop(); // no more forwarding into the actor system
+  }                         // the actor system waits for every shard and lane here
+  pump.reset();
+  if (!failure.empty()) throw std::runtime_error(failure);
 }
 
 void parse_local_shape(const std::string& text, cluster_config& config) {

@@ -76,6 +76,9 @@ struct cluster_config {
   int request_retries_max = 3;         ///< re-placements of one request, then a clear error
   int kv_timeout_ms = 5000; ///< a lane waits this long for a request's KV, then re-requests
   fault_config faults;      ///< deterministic rules + seeded chaos
+  /// Fault injection, a slow decode node: each decode step sleeps this long first (lets a
+  /// multi-process test kill a node mid-generation of a tiny model). 0: off.
+  int decode_step_delay_ms = 0;
 
   // -- observability ---------------------------------------------------------------------------
   /// When set: duet_kv_blocks_used / duet_kv_blocks_free{node}, duet_kv_bytes_transferred_total

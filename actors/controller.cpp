@@ -4,6 +4,7 @@
 #include "actors/errors.hpp"
 #include "actors/fabric_messages.hpp"
 #include "actors/prefill_shard.hpp"
+#include "actors/remote_node.hpp"
 
 #include <caf/all.hpp>
 
@@ -33,6 +34,7 @@ struct slot {
   int last_layer = 0;
   int shard_index = 0;
   std::deque<std::chrono::steady_clock::time_point> restarts; ///< within the window
+  std::uint64_t generation = 0; ///< remote spawns: only the latest request's reply counts
 };
 
 struct assignment {
@@ -48,6 +50,8 @@ struct controller_state {
   std::vector<int> node_depth;                          ///< [node] requests placed there
   std::vector<int> pipeline_depth;                      ///< [pipeline]
   std::unordered_map<std::uint64_t, assignment> assignments;
+  std::vector<bool> node_dead;                                  ///< [node] multi-process
+  std::vector<std::chrono::steady_clock::time_point> last_seen; ///< [node] last heartbeat
   bool stopping = false;
 
   static inline const char* name = "controller";
@@ -55,10 +59,53 @@ struct controller_state {
 
 using controller_actor = caf::stateful_actor<controller_state>;
 
+void emit(controller_actor* self, const std::string& text) {
+  if (self->state.ctx->on_event) self->state.ctx->on_event(text);
+}
+
 void spawn_slot(controller_actor* self, slot& s) {
   auto& st = self->state;
   s.entry.blocks_used->store(0);
   s.entry.blocks_free->store(0);
+  const auto& node = st.spec.nodes[std::size_t(s.entry.node)];
+  if (node.agent) {
+    // Multi-process: the node's agent spawns it; the slot is alive once the reply is in.
+    s.entry.alive = false;
+    s.entry.handle = caf::actor{};
+    auto generation = ++s.generation;
+    slot_request rq;
+    rq.name = s.entry.name;
+    rq.decode = s.entry.kind == actor_kind::decode_lane;
+    rq.node = s.entry.node;
+    rq.shard_index = s.shard_index;
+    rq.first_layer = s.first_layer;
+    rq.last_layer = s.last_layer;
+    auto name = s.entry.name;
+    self->request(node.agent, std::chrono::seconds(10), spawn_atom::value, rq)
+        .then(
+            [=](caf::actor& handle) {
+              auto& st2 = self->state;
+              auto it = st2.slots.find(name);
+              if (st2.stopping || it == st2.slots.end() || it->second.generation != generation ||
+                  st2.node_dead[std::size_t(it->second.entry.node)]) {
+                self->send_exit(handle, caf::exit_reason::user_shutdown);
+                return;
+              }
+              auto& sl = it->second;
+              sl.entry.handle = std::move(handle);
+              sl.entry.alive = true;
+              self->monitor(sl.entry.handle);
+              st2.ctx->registry.put(sl.entry);
+              emit(self, fmt::format("spawned {} on node {}", name, sl.entry.node));
+            },
+            [=](caf::error& err) {
+              // The node is unreachable: the slot stays dead until membership declares the
+              // node dead and re-places it.
+              emit(self, fmt::format("spawn of {} failed: {}", name, describe(err)));
+            });
+    st.ctx->registry.put(s.entry);
+    return;
+  }
   if (s.entry.kind == actor_kind::decode_lane) {
     s.entry.handle = spawn_decode_lane(self->system(), st.ctx,
                                        {s.entry.node, s.entry.blocks_used, s.entry.blocks_free});
@@ -84,6 +131,8 @@ void slot_down(controller_actor* self, const caf::actor_addr& source) {
     sl.entry.blocks_used->store(0);
     sl.entry.blocks_free->store(0);
     s.ctx->registry.put(sl.entry);
+    // A dead node's actors are re-placed by node_down, not restarted where they were.
+    if (s.node_dead[std::size_t(sl.entry.node)]) return;
     // A crash loop stops here: too many restarts within the window and the slot stays dead
     // (placement avoids it; requests that need it fail with a clear error).
     auto now = std::chrono::steady_clock::now();
@@ -97,6 +146,50 @@ void slot_down(controller_actor* self, const caf::actor_addr& source) {
     if (counter != nullptr) counter->Increment();
     spawn_slot(self, sl);
     return;
+  }
+}
+
+/// A node process is gone (its agent is down or its heartbeats stopped): its actors are dead
+/// for good there. Its decode lane is not moved (a node serves one lane; requests re-place onto
+/// the live lanes); each prefill shard is re-spawned on the live prefill-capable node that
+/// holds the fewest shards, so its pipeline comes back with the same layer range.
+void node_down(controller_actor* self, int node, const std::string& why) {
+  auto& st = self->state;
+  if (st.stopping || st.node_dead[std::size_t(node)]) return;
+  st.node_dead[std::size_t(node)] = true;
+  emit(self, fmt::format("node {} down: {}", node, why));
+  for (auto& [name, sl] : st.slots) {
+    if (sl.entry.node != node) continue;
+    ++sl.generation; // a spawn reply still on its way is void
+    if (sl.entry.alive) self->demonitor(sl.entry.handle);
+    sl.entry.alive = false;
+    sl.entry.handle = caf::actor{};
+    sl.entry.blocks_used->store(0);
+    sl.entry.blocks_free->store(0);
+    st.ctx->registry.put(sl.entry);
+    if (sl.entry.kind != actor_kind::prefill_shard) continue;
+    int best = -1;
+    int best_count = 0;
+    for (const auto& n : st.spec.nodes) {
+      if (!n.prefill || st.node_dead[std::size_t(n.node_id)]) continue;
+      int count = 0;
+      for (const auto& [other_name, other] : st.slots)
+        if (other.entry.kind == actor_kind::prefill_shard && other.entry.node == n.node_id) ++count;
+      if (best < 0 || count < best_count) {
+        best = n.node_id;
+        best_count = count;
+      }
+    }
+    if (best < 0) {
+      emit(self, fmt::format("{} stays dead: no live prefill node", name));
+      continue;
+    }
+    sl.entry.node = best;
+    for (std::size_t p = 0; p < st.pipeline_slots.size(); ++p)
+      for (std::size_t i = 0; i < st.pipeline_slots[p].size(); ++i)
+        if (st.pipeline_slots[p][i] == name) st.spec.pipelines[p].shards[i].node_id = best;
+    emit(self, fmt::format("re-placing {} on node {}", name, best));
+    spawn_slot(self, sl);
   }
 }
 
@@ -128,6 +221,13 @@ caf::behavior controller_impl(controller_actor* self, std::shared_ptr<fabric_con
   st.spec = std::move(spec);
   st.node_depth.assign(st.spec.nodes.size(), 0);
   st.pipeline_depth.assign(st.spec.pipelines.size(), 0);
+  st.node_dead.assign(st.spec.nodes.size(), false);
+  st.last_seen.assign(st.spec.nodes.size(), std::chrono::steady_clock::now());
+  for (const auto& node : st.spec.nodes)
+    if (node.agent) self->monitor(node.agent);
+  if (st.spec.heartbeat_timeout_ms > 0)
+    self->delayed_send(self, std::chrono::milliseconds(st.spec.heartbeat_timeout_ms / 4 + 1),
+                       tick_atom::value);
   for (const auto& node : st.spec.nodes) {
     if (!node.decode) continue;
     slot s;
@@ -155,7 +255,15 @@ caf::behavior controller_impl(controller_actor* self, std::shared_ptr<fabric_con
   }
 
   // The supervisor: restart the one actor that died, boundedly.
-  self->set_down_handler([=](caf::down_msg& dm) { slot_down(self, dm.source); });
+  self->set_down_handler([=](caf::down_msg& dm) {
+    auto& s = self->state;
+    for (const auto& node : s.spec.nodes)
+      if (node.agent && node.agent.address() == dm.source) {
+        node_down(self, node.node_id, fmt::format("agent down: {}", describe(dm.reason)));
+        return;
+      }
+    slot_down(self, dm.source);
+  });
   self->set_exit_handler([=](caf::exit_msg& em) {
     auto& s = self->state;
     s.stopping = true;
@@ -228,9 +336,29 @@ caf::behavior controller_impl(controller_actor* self, std::shared_ptr<fabric_con
         }
         s.assignments[q.request] = a;
         update_depth_gauges(self);
+        emit(self, fmt::format("placed {} decode_node {} {}", q.request, a.decode_node,
+                               decision->disaggregated ? "disaggregated" : "integrated"));
         return reply;
       },
       [=](finished_atom, std::uint64_t request) { unassign(self, request); },
+      [=](heartbeat_atom, std::int32_t node) {
+        auto& s = self->state;
+        if (node >= 0 && std::size_t(node) < s.last_seen.size())
+          s.last_seen[std::size_t(node)] = std::chrono::steady_clock::now();
+      },
+      // Membership: a node whose heartbeats stopped is dead even if its connection lingers.
+      [=](tick_atom) {
+        auto& s = self->state;
+        if (s.stopping) return;
+        auto timeout = std::chrono::milliseconds(s.spec.heartbeat_timeout_ms);
+        auto now = std::chrono::steady_clock::now();
+        for (const auto& node : s.spec.nodes)
+          if (node.agent && !s.node_dead[std::size_t(node.node_id)] &&
+              now - s.last_seen[std::size_t(node.node_id)] > timeout)
+            node_down(self, node.node_id,
+                      fmt::format("no heartbeat for {} ms", s.spec.heartbeat_timeout_ms));
+        self->delayed_send(self, timeout / 4 + std::chrono::milliseconds(1), tick_atom::value);
+      },
   };
 }
 

@@ -5,6 +5,12 @@
 // restarts a slot whose actor dies (up to actor_restarts_max times; then the slot stays dead
 // and placement avoids it), answers placement queries with the policy of placement.hpp, and
 // keeps the per-node queue depths placement reads.
+//
+// Multi-process (node_spec::agent set): a slot is spawned by asking its node's agent, and the
+// controller watches node membership: a node is dead when CAF reports its agent down (the
+// connection broke: SIGKILL, crash, network) or its heartbeats stop for heartbeat_timeout_ms.
+// A dead node's decode lane stays dead (its requests re-place onto live lanes); each of its
+// prefill shards is re-spawned on the live prefill-capable node with the fewest shards.
 
 #include "actors/fabric_context.hpp"
 #include "actors/placement.hpp"
@@ -24,11 +30,17 @@ struct node_spec {
   bool prefill = false;
   bool decode = false;
   std::string kv_address; ///< decode nodes: where KV for this node's lane goes ("" = CAF)
+  /// Multi-process: the node process's agent, which spawns this node's actors on request
+  /// (remote_node.hpp). Invalid: the actors are spawned in this process (embedded).
+  caf::actor agent;
 };
 
 struct controller_spec {
   std::vector<node_spec> nodes;
   std::vector<pipeline_plan> pipelines;
+  /// Multi-process: a node whose agent sent no heartbeat for this long is declared dead
+  /// (as when CAF reports its agent down): its actors are re-placed on live nodes. 0: off.
+  int heartbeat_timeout_ms = 0;
 };
 
 /// Spawns the controller and, through it, every shard and lane of `spec`.

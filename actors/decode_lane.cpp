@@ -14,7 +14,9 @@
 #include <prometheus/gauge.h>
 
 #include <algorithm>
+#include <chrono>
 #include <deque>
+#include <thread>
 #include <unordered_map>
 
 namespace duet::actors {
@@ -157,6 +159,8 @@ void step(lane_actor* self) {
     st.batch.push_back(request);
   }
   if (!st.items.empty()) {
+    if (ctx.config.decode_step_delay_ms > 0)
+      std::this_thread::sleep_for(std::chrono::milliseconds(ctx.config.decode_step_delay_ms));
     auto vocab = std::size_t(st.runner->config().vocab_size);
     try {
       st.runner->decode_batch(*st.kv, st.items,

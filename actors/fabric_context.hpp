@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -97,6 +98,9 @@ struct fabric_context {
   fabric_metrics metrics;
   actor_registry registry;
   std::string transport_label; ///< metrics label
+  /// Optional observer of control events ("placed <request> decode_node <n> <mode>",
+  /// "node <n> down: <why>", ...); called from actor threads, must be thread-safe.
+  std::function<void(const std::string&)> on_event;
 };
 
 /// The prometheus instruments of `registry` for `n_nodes` nodes (no-op when registry is null).
