@@ -4,7 +4,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
-#include <type_traits>
+#include <vector>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -72,25 +72,9 @@ void matmul_scalar(const tensor_view& w, const float* x, std::int64_t x_stride, 
 
 #ifdef DUET_X86
 #define DUET_AVX2 __attribute__((target("avx2,fma,f16c")))
-
-struct load_f32 {
-  DUET_AVX2 static __m256 load(const std::uint8_t* row, std::int64_t k) {
-    return _mm256_loadu_ps(reinterpret_cast<const float*>(row) + k);
-  }
-};
-struct load_f16 {
-  DUET_AVX2 static __m256 load(const std::uint8_t* row, std::int64_t k) {
-    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k * 2)));
-  }
-};
-struct load_q8_0 {
-  DUET_AVX2 static __m256 load(const std::uint8_t* row, std::int64_t k) {
-    const auto* b = reinterpret_cast<const q8_0_block*>(row) + k / 32;
-    __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b->qs + k % 32));
-    __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q));
-    return _mm256_mul_ps(f, _mm256_set1_ps(_cvtsh_ss(b->d)));
-  }
-};
+// The tiles' tiny constant loops must be unrolled so the accumulators stay in registers (-O2
+// does not unroll them by itself, and then every FMA goes through the stack).
+#define DUET_UNROLL _Pragma("GCC unroll 16")
 
 DUET_AVX2 inline float hsum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -99,104 +83,230 @@ DUET_AVX2 inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
-/// R weight rows x NT tokens: R*NT dot products sharing every load.
-template <class L, int R, int NT>
-DUET_AVX2 void tile(const tensor_view& w, std::int64_t r0, const float* x, std::int64_t x_stride,
-                    int t0, float* y, std::int64_t y_stride) {
-  const std::int64_t cols = w.cols;
+/// Rows per register tile; thread_pool chunks are multiples of this, so tails are rare.
+constexpr int tile_rows = 4;
+
+/// R f32 weight rows x NT tokens: R * NT dot products with every accumulator in a register
+/// (R * NT + R <= 16 ymm; the activation is an FMA memory operand). Each 8-wide weight load is
+/// reused for NT tokens and each activation load for R rows.
+template <int R, int NT>
+DUET_AVX2 void tile_f32(const float* const* rows, std::int64_t cols, const float* x,
+                        std::int64_t x_stride, int t0, float* y, std::int64_t y_stride,
+                        std::int64_t r0) {
   const std::int64_t cols8 = cols & ~std::int64_t{7};
-  const std::uint8_t* rows[R];
   const float* xs[NT];
-  for (int i = 0; i < R; ++i) rows[i] = w.row(r0 + i);
+  DUET_UNROLL
   for (int j = 0; j < NT; ++j) xs[j] = x + static_cast<std::int64_t>(t0 + j) * x_stride;
   __m256 acc[R][NT];
-  for (int i = 0; i < R; ++i)
-    for (int j = 0; j < NT; ++j) acc[i][j] = _mm256_setzero_ps();
+  DUET_UNROLL
+  for (int i = 0; i < R; ++i) DUET_UNROLL
+  for (int j = 0; j < NT; ++j) acc[i][j] = _mm256_setzero_ps();
   for (std::int64_t k = 0; k < cols8; k += 8) {
     __m256 wv[R];
-    for (int i = 0; i < R; ++i) wv[i] = L::load(rows[i], k);
+    DUET_UNROLL
+    for (int i = 0; i < R; ++i) wv[i] = _mm256_loadu_ps(rows[i] + k);
+    DUET_UNROLL
     for (int j = 0; j < NT; ++j) {
       __m256 xv = _mm256_loadu_ps(xs[j] + k);
+      DUET_UNROLL
       for (int i = 0; i < R; ++i) acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
     }
   }
-  for (int i = 0; i < R; ++i)
-    for (int j = 0; j < NT; ++j) {
-      float sum = hsum(acc[i][j]);
-      for (std::int64_t k = cols8; k < cols; ++k) sum += weight_at(w.type, rows[i], k) * xs[j][k];
-      y[static_cast<std::int64_t>(t0 + j) * y_stride + r0 + i] = sum;
-    }
+  DUET_UNROLL
+  for (int i = 0; i < R; ++i) DUET_UNROLL
+  for (int j = 0; j < NT; ++j) {
+    float sum = hsum(acc[i][j]);
+    for (std::int64_t k = cols8; k < cols; ++k) sum += rows[i][k] * xs[j][k];
+    y[static_cast<std::int64_t>(t0 + j) * y_stride + r0 + i] = sum;
+  }
 }
 
-/// Q8_0 tile: the scale of each 32-value block is converted once per block and row, then the
-/// block's 4 x 8 quants are dequantized (q * d, exact) and multiplied with the activations.
-template <int R, int NT>
-DUET_AVX2 void tile_q8_0(const tensor_view& w, std::int64_t r0, const float* x,
-                         std::int64_t x_stride, int t0, float* y, std::int64_t y_stride) {
+/// Dequantizes rows [r0, r0 + R) of an f16 or q8_0 matrix into dst[R][cols] (exact: f16 -> f32
+/// and d * q are exact in f32), so the multi-token path pays the conversion once per call.
+template <int R>
+DUET_AVX2 void dequantize_rows(const tensor_view& w, std::int64_t r0, float* dst) {
+  const std::int64_t cols = w.cols;
+  DUET_UNROLL
+  for (int i = 0; i < R; ++i) {
+    const std::uint8_t* row = w.row(r0 + i);
+    float* out = dst + i * cols;
+    if (w.type == dtype::q8_0) {
+      const auto* blocks = reinterpret_cast<const q8_0_block*>(row);
+      for (std::int64_t b = 0; b < cols / 32; ++b) {
+        const __m256 d = _mm256_set1_ps(_cvtsh_ss(blocks[b].d));
+        for (int sub = 0; sub < 4; ++sub) {
+          __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(blocks[b].qs + sub * 8));
+          _mm256_storeu_ps(out + b * 32 + sub * 8,
+                           _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d));
+        }
+      }
+    } else { // f16
+      const std::int64_t cols8 = cols & ~std::int64_t{7};
+      for (std::int64_t k = 0; k < cols8; k += 8)
+        _mm256_storeu_ps(out + k, _mm256_cvtph_ps(_mm_loadu_si128(
+                                      reinterpret_cast<const __m128i*>(row + k * 2))));
+      for (std::int64_t k = cols8; k < cols; ++k) out[k] = weight_at(w.type, row, k);
+    }
+  }
+}
+
+/// R rows (already f32) against all n tokens: 3-token tiles, then a 2 or 1 token tail.
+template <int R>
+DUET_AVX2 void rows_times_tokens(const float* const* rows, std::int64_t cols, const float* x,
+                                 std::int64_t x_stride, int n, float* y, std::int64_t y_stride,
+                                 std::int64_t r0) {
+  constexpr int NT = R == 4 ? 3 : 6; // R * NT + R <= 16 registers
+  int t = 0;
+  for (; t + NT <= n; t += NT) tile_f32<R, NT>(rows, cols, x, x_stride, t, y, y_stride, r0);
+  for (; t + 2 <= n; t += 2) tile_f32<R, 2>(rows, cols, x, x_stride, t, y, y_stride, r0);
+  for (; t < n; ++t) tile_f32<R, 1>(rows, cols, x, x_stride, t, y, y_stride, r0);
+}
+
+/// Multi-token path: each group of R weight rows is read from memory once per call (and
+/// dequantized once, into per-thread scratch), then multiplied with every token.
+template <int R>
+DUET_AVX2 void row_group(const tensor_view& w, std::int64_t r0, const float* x,
+                         std::int64_t x_stride, int n, float* y, std::int64_t y_stride,
+                         std::vector<float>& scratch) {
+  const float* rows[R];
+  if (w.type == dtype::f32) {
+    DUET_UNROLL
+    for (int i = 0; i < R; ++i) rows[i] = reinterpret_cast<const float*>(w.row(r0 + i));
+  } else {
+    dequantize_rows<R>(w, r0, scratch.data());
+    DUET_UNROLL
+    for (int i = 0; i < R; ++i) rows[i] = scratch.data() + i * w.cols;
+  }
+  rows_times_tokens<R>(rows, w.cols, x, x_stride, n, y, y_stride, r0);
+}
+
+/// Eight signed 8-bit quants as floats.
+DUET_AVX2 inline __m256 q8_to_f32(const std::int8_t* qs) {
+  return _mm256_cvtepi32_ps(
+      _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(qs))));
+}
+
+/// Single-token q8_0: R rows, one accumulator per row and 32-value block; the block's partial
+/// sum of q * x is scaled by d once (one multiply per block instead of per 8 values).
+template <int R>
+DUET_AVX2 void gemv_q8_0(const tensor_view& w, std::int64_t r0, const float* x, float* y) {
   const std::int64_t blocks = w.cols / 32;
   const q8_0_block* rows[R];
-  const float* xs[NT];
+  DUET_UNROLL
   for (int i = 0; i < R; ++i) rows[i] = reinterpret_cast<const q8_0_block*>(w.row(r0 + i));
-  for (int j = 0; j < NT; ++j) xs[j] = x + static_cast<std::int64_t>(t0 + j) * x_stride;
-  __m256 acc[R][NT];
-  for (int i = 0; i < R; ++i)
-    for (int j = 0; j < NT; ++j) acc[i][j] = _mm256_setzero_ps();
+  __m256 acc[R];
+  DUET_UNROLL
+  for (int i = 0; i < R; ++i) acc[i] = _mm256_setzero_ps();
   for (std::int64_t b = 0; b < blocks; ++b) {
-    float d[R];
-    for (int i = 0; i < R; ++i) d[i] = _cvtsh_ss(rows[i][b].d);
-    for (int sub = 0; sub < 4; ++sub) {
-      __m256 wv[R];
-      for (int i = 0; i < R; ++i) {
-        __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(rows[i][b].qs + sub * 8));
-        wv[i] =
-            _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), _mm256_broadcast_ss(&d[i]));
-      }
-      for (int j = 0; j < NT; ++j) {
-        __m256 xv = _mm256_loadu_ps(xs[j] + b * 32 + sub * 8);
-        for (int i = 0; i < R; ++i) acc[i][j] = _mm256_fmadd_ps(wv[i], xv, acc[i][j]);
-      }
+    const float* xb = x + b * 32;
+    const __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8);
+    const __m256 x2 = _mm256_loadu_ps(xb + 16), x3 = _mm256_loadu_ps(xb + 24);
+    DUET_UNROLL
+    for (int i = 0; i < R; ++i) {
+      const std::int8_t* qs = rows[i][b].qs;
+      __m256 s0 = _mm256_mul_ps(q8_to_f32(qs), x0);
+      __m256 s1 = _mm256_mul_ps(q8_to_f32(qs + 8), x1);
+      s0 = _mm256_fmadd_ps(q8_to_f32(qs + 16), x2, s0);
+      s1 = _mm256_fmadd_ps(q8_to_f32(qs + 24), x3, s1);
+      acc[i] =
+          _mm256_fmadd_ps(_mm256_add_ps(s0, s1), _mm256_set1_ps(_cvtsh_ss(rows[i][b].d)), acc[i]);
     }
   }
-  for (int i = 0; i < R; ++i)
-    for (int j = 0; j < NT; ++j)
-      y[static_cast<std::int64_t>(t0 + j) * y_stride + r0 + i] = hsum(acc[i][j]);
+  DUET_UNROLL
+  for (int i = 0; i < R; ++i) y[r0 + i] = hsum(acc[i]);
 }
 
-template <class L>
-DUET_AVX2 void matmul_avx2_typed(const tensor_view& w, const float* x, std::int64_t x_stride, int n,
-                                 float* y, std::int64_t y_stride, std::int64_t row_begin,
-                                 std::int64_t row_end) {
-  constexpr int R = 4, NT = 2;
-  constexpr bool q8 = std::is_same_v<L, load_q8_0>;
-  auto run = [&]<int RR, int NN>(std::int64_t r, int t) {
-    if constexpr (q8)
-      tile_q8_0<RR, NN>(w, r, x, x_stride, t, y, y_stride);
-    else
-      tile<L, RR, NN>(w, r, x, x_stride, t, y, y_stride);
-  };
-  std::int64_t r = row_begin;
-  for (; r + R <= row_end; r += R) {
-    int t = 0;
-    for (; t + NT <= n; t += NT) run.template operator()<R, NT>(r, t);
-    for (; t < n; ++t) run.template operator()<R, 1>(r, t);
+/// Single-token f16: R rows with two accumulators each (latency of the FMA chain hidden).
+template <int R>
+DUET_AVX2 void gemv_f16(const tensor_view& w, std::int64_t r0, const float* x, float* y) {
+  const std::int64_t cols = w.cols, cols8 = cols & ~std::int64_t{7};
+  const std::uint8_t* rows[R];
+  DUET_UNROLL
+  for (int i = 0; i < R; ++i) rows[i] = w.row(r0 + i);
+  __m256 acc[R];
+  DUET_UNROLL
+  for (int i = 0; i < R; ++i) acc[i] = _mm256_setzero_ps();
+  for (std::int64_t k = 0; k < cols8; k += 8) {
+    const __m256 xv = _mm256_loadu_ps(x + k);
+    DUET_UNROLL
+    for (int i = 0; i < R; ++i)
+      acc[i] = _mm256_fmadd_ps(
+          _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows[i] + k * 2))), xv,
+          acc[i]);
   }
-  for (; r < row_end; ++r) {
-    int t = 0;
-    for (; t + NT <= n; t += NT) run.template operator()<1, NT>(r, t);
-    for (; t < n; ++t) run.template operator()<1, 1>(r, t);
+  DUET_UNROLL
+  for (int i = 0; i < R; ++i) {
+    float sum = hsum(acc[i]);
+    for (std::int64_t k = cols8; k < cols; ++k) sum += weight_at(w.type, rows[i], k) * x[k];
+    y[r0 + i] = sum;
   }
 }
 
-void matmul_avx2(const tensor_view& w, const float* x, std::int64_t x_stride, int n, float* y,
-                 std::int64_t y_stride, std::int64_t row_begin, std::int64_t row_end) {
+template <int R>
+DUET_AVX2 void gemv_group(const tensor_view& w, std::int64_t r0, const float* x, float* y) {
   switch (w.type) {
-  case dtype::f32:
-    return matmul_avx2_typed<load_f32>(w, x, x_stride, n, y, y_stride, row_begin, row_end);
-  case dtype::f16:
-    return matmul_avx2_typed<load_f16>(w, x, x_stride, n, y, y_stride, row_begin, row_end);
-  case dtype::q8_0:
-    return matmul_avx2_typed<load_q8_0>(w, x, x_stride, n, y, y_stride, row_begin, row_end);
+  case dtype::f32: {
+    const float* rows[R];
+    DUET_UNROLL
+    for (int i = 0; i < R; ++i) rows[i] = reinterpret_cast<const float*>(w.row(r0 + i));
+    return tile_f32<R, 1>(rows, w.cols, x, 0, 0, y, 0, r0);
   }
+  case dtype::f16:
+    return gemv_f16<R>(w, r0, x, y);
+  case dtype::q8_0:
+    return gemv_q8_0<R>(w, r0, x, y);
+  }
+}
+
+/// AVX2 attention for head sizes that are a multiple of 8: the same two passes as the scalar
+/// version (scores, softmax, weighted sum of V), 8 lanes at a time.
+DUET_AVX2 void attention_avx2(const float* q, const kv_cache& kv,
+                              std::span<const std::int32_t> table, int layer, int kv_head,
+                              int n_pos, float* att, float* out) {
+  const int hs = kv.config().head_size;
+  const float scale_div = std::sqrt(static_cast<float>(hs)); // run.c divides
+  const bool f16 = kv.config().type == dtype::f16;
+  auto load = [f16](const std::byte* base, int i) DUET_AVX2 {
+    if (f16)
+      return _mm256_cvtph_ps(_mm_loadu_si128(
+          reinterpret_cast<const __m128i*>(base + static_cast<std::ptrdiff_t>(i) * 2)));
+    return _mm256_loadu_ps(reinterpret_cast<const float*>(base) + i);
+  };
+  const std::ptrdiff_t head_off = static_cast<std::ptrdiff_t>(kv_head) * hs * (f16 ? 2 : 4);
+  for (int t = 0; t < n_pos; ++t) {
+    const std::byte* k = kv.k_row(table, layer, t) + head_off;
+    __m256 acc = _mm256_setzero_ps();
+    for (int i = 0; i < hs; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), load(k, i), acc);
+    att[t] = hsum(acc) / scale_div;
+  }
+  softmax(att, n_pos);
+  for (int i = 0; i < hs; ++i) out[i] = 0.0f;
+  for (int t = 0; t < n_pos; ++t) {
+    const std::byte* v = kv.v_row(table, layer, t) + head_off;
+    const __m256 a = _mm256_set1_ps(att[t]);
+    for (int i = 0; i < hs; i += 8)
+      _mm256_storeu_ps(out + i, _mm256_fmadd_ps(a, load(v, i), _mm256_loadu_ps(out + i)));
+  }
+}
+
+DUET_AVX2 void matmul_avx2(const tensor_view& w, const float* x, std::int64_t x_stride, int n,
+                           float* y, std::int64_t y_stride, std::int64_t row_begin,
+                           std::int64_t row_end) {
+  constexpr int R = tile_rows;
+  if (n == 1) {
+    std::int64_t r = row_begin;
+    for (; r + R <= row_end; r += R) gemv_group<R>(w, r, x, y);
+    for (; r < row_end; ++r) gemv_group<1>(w, r, x, y);
+    return;
+  }
+  // Per-thread scratch for R dequantized rows: grows to the widest matrix once, then reused
+  // (no allocation per call after the first).
+  thread_local std::vector<float> scratch;
+  if (w.type != dtype::f32 && scratch.size() < static_cast<std::size_t>(R * w.cols))
+    scratch.resize(static_cast<std::size_t>(R * w.cols));
+  std::int64_t r = row_begin;
+  for (; r + R <= row_end; r += R) row_group<R>(w, r, x, x_stride, n, y, y_stride, scratch);
+  for (; r < row_end; ++r) row_group<1>(w, r, x, x_stride, n, y, y_stride, scratch);
 }
 #endif
 
@@ -250,6 +360,10 @@ void dequantize_row(const tensor_view& w, std::int64_t r, float* out) {
 
 void attention(const float* q, const kv_cache& kv, std::span<const std::int32_t> table, int layer,
                int kv_head, int n_pos, float* att, float* out) {
+#ifdef DUET_X86
+  if (use_simd() && kv.config().head_size % 8 == 0)
+    return attention_avx2(q, kv, table, layer, kv_head, n_pos, att, out);
+#endif
   const int hs = kv.config().head_size;
   const float scale_div = std::sqrt(static_cast<float>(hs)); // run.c divides
   const bool f16 = kv.config().type == dtype::f16;

@@ -85,7 +85,11 @@ TEST_CASE("matmul of f32, f16 and q8_0 weights matches a scalar reference") {
     int rows, cols, n;
   };
   for (auto s : {shape{1, 32, 1}, shape{7, 64, 1}, shape{13, 96, 3}, shape{64, 172, 5},
-                 shape{33, 256, 2}, shape{9, 40, 4}}) {
+                 shape{33, 256, 2}, shape{9, 40, 4},
+                 // 4-row single-token groups, 3-token tiles with 2- and 1-token tails, many
+                 // tokens per dequantized row group, a column tail in the multi-token path
+                 shape{16, 96, 1}, shape{12, 100, 1}, shape{21, 128, 7}, shape{8, 64, 8},
+                 shape{12, 192, 32}, shape{10, 44, 6}}) {
     if (type == dtype::q8_0 && s.cols % 32 != 0) continue;
     auto w = make_weights(type, s.rows, s.cols, rng);
     const int x_stride = s.cols + 3, y_stride = s.rows + 2;
