@@ -40,6 +40,8 @@ struct slot {
 struct assignment {
   int decode_node = -1;
   int pipeline = -1;
+  caf::actor requester;    ///< the request actor (told when a node it runs on dies)
+  std::uint32_t epoch = 0; ///< the request's epoch this placement serves
 };
 
 struct controller_state {
@@ -158,6 +160,18 @@ void node_down(controller_actor* self, int node, const std::string& why) {
   if (st.stopping || st.node_dead[std::size_t(node)]) return;
   st.node_dead[std::size_t(node)] = true;
   emit(self, fmt::format("node {} down: {}", node, why));
+  // Requests running there are told at once: a hung node (heartbeats stopped, connection
+  // still open) sends its requests no down message of its own.
+  for (const auto& [request, a] : st.assignments) {
+    bool affected = a.decode_node == node;
+    if (a.pipeline >= 0)
+      for (const auto& shard : st.spec.pipelines[std::size_t(a.pipeline)].shards)
+        affected = affected || shard.node_id == node;
+    if (affected && a.requester)
+      self->send(a.requester, work_failed{request, a.epoch,
+                                          make_error(fabric_errc::actor_crashed,
+                                                     fmt::format("node {} down: {}", node, why))});
+  }
   for (auto& [name, sl] : st.slots) {
     if (sl.entry.node != node) continue;
     ++sl.generation; // a spawn reply still on its way is void
@@ -315,6 +329,8 @@ caf::behavior controller_impl(controller_actor* self, std::shared_ptr<fabric_con
         reply.reason = decision->reason;
         assignment a;
         a.decode_node = decision->decode_node;
+        a.requester = caf::actor_cast<caf::actor>(self->current_sender());
+        a.epoch = q.epoch;
         ++s.node_depth[std::size_t(a.decode_node)];
         if (decision->disaggregated) {
           a.pipeline = decision->pipeline;

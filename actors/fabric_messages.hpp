@@ -209,12 +209,13 @@ struct place_query {
   /// An actor the request saw die: the controller restarts its slot now if it has not yet
   /// (down messages reach monitors in no guaranteed order), so no dead handle is handed out.
   caf::actor_addr dead;
+  std::uint32_t epoch = 0; ///< the request's epoch being placed (a node's death fails it)
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, place_query& x) {
   return f(caf::meta::type_name("place_query"), x.request, x.prompt_tokens, x.max_tokens, x.mode,
-           x.avoid_decode_node, x.dead);
+           x.avoid_decode_node, x.dead, x.epoch);
 }
 
 } // namespace duet::actors

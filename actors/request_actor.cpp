@@ -147,6 +147,7 @@ void place(request_actor* self) {
   q.mode = static_cast<std::uint8_t>(st.req.placement);
   q.avoid_decode_node = st.last_failed_node;
   q.dead = st.dead;
+  q.epoch = epoch;
   self->request(st.controller, caf::infinite, place_atom::value, q)
       .then(
           [=](placement_reply& reply) {
