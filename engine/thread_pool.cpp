@@ -2,12 +2,19 @@
 
 #include "engine/error.hpp"
 
+#include <algorithm>
+
 namespace duet::engine {
 
 namespace {
 
-std::int64_t split(std::int64_t n, int part, int parts) {
-  return n * part / parts;
+/// Chunks per thread: enough that a late worker's share is picked up by the others, few
+/// enough that claiming (one uncontended lock) stays negligible next to a chunk of matmul.
+constexpr std::int64_t chunks_per_thread = 4;
+
+/// Start of chunk `c` of `chunks` over [0, n), rounded down to a multiple of 4 rows.
+std::int64_t chunk_begin(std::int64_t n, std::int64_t c, std::int64_t chunks) {
+  return c >= chunks ? n : (n * c / chunks) & ~std::int64_t{3};
 }
 
 } // namespace
@@ -30,43 +37,47 @@ thread_pool::~thread_pool() {
 }
 
 void thread_pool::run(std::int64_t n, task_fn fn, void* ctx) {
-  int parts = threads();
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    fn_ = fn;
-    ctx_ = ctx;
-    n_ = n;
-    pending_ = parts - 1;
-    ++generation_;
-  }
-  wake_.notify_all();
-  fn(ctx, 0, split(n, 1, parts), 0);
   std::unique_lock<std::mutex> lock(mutex_);
-  done_.wait(lock, [this] { return pending_ == 0; });
+  fn_ = fn;
+  ctx_ = ctx;
+  n_ = n;
+  chunks_ = std::min<std::int64_t>(n, chunks_per_thread * threads());
+  next_ = 0;
+  open_ = true;
+  ++generation_;
+  lock.unlock();
+  wake_.notify_all();
+  lock.lock();
+  run_chunks(lock, 0);
+  // Every chunk is claimed: late workers must not start, running ones must finish (ctx lives
+  // on the caller's stack).
+  open_ = false;
+  done_.wait(lock, [this] { return active_ == 0; });
+}
+
+void thread_pool::run_chunks(std::unique_lock<std::mutex>& lock, int worker) {
+  while (next_ < chunks_) {
+    std::int64_t c = next_++;
+    std::int64_t b = chunk_begin(n_, c, chunks_), e = chunk_begin(n_, c + 1, chunks_);
+    task_fn fn = fn_;
+    void* ctx = ctx_;
+    lock.unlock();
+    if (b < e) fn(ctx, b, e, worker);
+    lock.lock();
+  }
 }
 
 void thread_pool::worker_main(int index) {
   std::uint64_t seen = 0;
+  std::unique_lock<std::mutex> lock(mutex_);
   for (;;) {
-    task_fn fn;
-    void* ctx;
-    std::int64_t n;
-    {
-      std::unique_lock<std::mutex> lock(mutex_);
-      wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
-      if (stop_) return;
-      seen = generation_;
-      fn = fn_;
-      ctx = ctx_;
-      n = n_;
-    }
-    int parts = threads();
-    std::int64_t b = split(n, index, parts), e = split(n, index + 1, parts);
-    if (b < e) fn(ctx, b, e, index);
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (--pending_ == 0) done_.notify_one();
-    }
+    wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
+    if (stop_) return;
+    seen = generation_;
+    if (!open_) continue;
+    ++active_;
+    run_chunks(lock, index);
+    if (--active_ == 0) done_.notify_one();
   }
 }
 

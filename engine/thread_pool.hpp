@@ -22,8 +22,11 @@ public:
 
   int threads() const { return static_cast<int>(workers_.size()) + 1; }
 
-  /// Runs fn(begin, end, worker) over [0, n) split into threads() contiguous ranges and waits
-  /// for all of them. `worker` in [0, threads()) indexes per-worker scratch. Not reentrant.
+  /// Runs fn(begin, end, worker) over [0, n) split into contiguous chunks (a few per thread,
+  /// boundaries multiples of 4 so matmul row tiles stay whole) and waits for all of them.
+  /// Threads claim chunks as they arrive, so a worker the OS schedules late (the 2 cores are
+  /// shared) costs nothing: the caller does its chunks. `worker` in [0, threads()) indexes
+  /// per-worker scratch. Not reentrant.
   template <class Fn>
   void parallel_for(std::int64_t n, Fn&& fn) {
     if (n <= 0) return;
@@ -41,6 +44,8 @@ private:
   using task_fn = void (*)(void* ctx, std::int64_t begin, std::int64_t end, int worker);
   void run(std::int64_t n, task_fn fn, void* ctx);
   void worker_main(int index);
+  /// Claims and runs chunks until none is left; called and returns with `lock` held.
+  void run_chunks(std::unique_lock<std::mutex>& lock, int worker);
 
   std::vector<std::thread> workers_;
   std::mutex mutex_;
@@ -50,7 +55,10 @@ private:
   void* ctx_ = nullptr;
   std::int64_t n_ = 0;
   std::uint64_t generation_ = 0; ///< bumped per job so sleepers know there is new work
-  int pending_ = 0;              ///< workers still running the current job
+  std::int64_t chunks_ = 0;      ///< chunks of the current job
+  std::int64_t next_ = 0;        ///< next unclaimed chunk
+  bool open_ = false;            ///< the caller still waits on the current job
+  int active_ = 0;               ///< workers inside the current job
   bool stop_ = false;
 };
 
