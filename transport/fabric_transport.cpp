@@ -15,6 +15,13 @@
 // when a segment does not fit before the end, which costs that padding as credit too); the
 // receiver frees in order. Payload copies: the RMA write itself (by the NIC, CMA or the shm
 // provider's bounce buffers), none by us on either side.
+// Pipelining: send() returns once the write and its envelope are posted; the payload's owner is
+// held until the write's local completion is reaped (by later send()/flush() calls, or by the
+// sender's progress thread while the user is idle: tcp;ofi_rxm and shm SAR need the initiator's
+// progress). Up to 64 writes (and the receiver's window in bytes) may be in flight; flush() waits
+// for all. Measured (duet bench transport, 1 MiB, same run, loaded 2-core machine): shm
+// 1.37-1.48 -> 3.5-3.8 GB/s, tcp 0.37 -> 0.42-0.54 GB/s. FI_SHM_DISABLE_CMA=1 (SAR) measured
+// slower here with pipelining (1.27-1.36 GB/s), so it is not forced.
 //
 // Every provider that can open here (shm, tcp) supports FI_RMA; providers without it are
 // refused at open with backend_unavailable (a tagged-message fallback is not implemented),
@@ -35,6 +42,7 @@
 #include <rdma/fi_tagged.h>
 
 #include <atomic>
+#include <condition_variable>
 #include <cstring>
 #include <deque>
 #include <list>
@@ -564,6 +572,12 @@ public:
 
   ~fabric_sender() override {
     (void)flush(std::chrono::milliseconds(1000));
+    {
+      std::lock_guard lock(mu_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    if (progress_.joinable()) progress_.join();
     if (peer_ != FI_ADDR_UNSPEC)
       (void)ep_.send_ctrl(peer_, messages::stream_bye{},
                           std::chrono::steady_clock::now() + std::chrono::milliseconds(100));
@@ -588,11 +602,15 @@ public:
     // first send to it succeeds (shm maps the peer first), and connect() must not wait.
     hello_ = messages::encode_frame(
         messages::stream_hello{messages::stream_protocol_version, stream_id_, ep_.name()});
-    return try_hello();
+    if (auto r = try_hello(); !r) return r;
+    progress_ = std::thread([this] { progress_loop(); });
+    return {};
   }
 
   result<void> send(segment seg, milliseconds timeout) override {
     auto deadline = std::chrono::steady_clock::now() + timeout;
+    call_guard call(*this);
+    if (auto r = take_deferred(); !r) return r;
     while (window_ == 0)
       if (auto r = pump(deadline); !r)
         return fail(r.code(), name_ + ": the receiver did not answer within " +
@@ -619,6 +637,9 @@ public:
           return fail(r.code(), name_ + ": no credit for " + std::to_string(n) + " bytes within " +
                                     std::to_string(timeout.count()) + " ms (" +
                                     std::to_string(window_ - credit_) + " bytes unreleased)");
+      // Writes in flight are bounded by count too (the CQ has room for every completion).
+      while (writes_.size() >= writes_in_flight_max)
+        if (auto r = wait_for_write(deadline); !r) return r;
       const std::uint64_t offset = pad != 0 ? 0 : pos;
       head_ += pad + n;
       credit_ -= pad + n;
@@ -662,15 +683,18 @@ public:
     sequence_ = sequence + 1;
     stats_.segments_sent.fetch_add(1, std::memory_order_relaxed);
     stats_.bytes_sent.fetch_add(n, std::memory_order_relaxed);
-    // Nothing drives this sender between calls and a provider may need the initiator's
-    // progress to finish a write (tcp;ofi_rxm): wait for local completion here (bounded by the
-    // same deadline). The payload is then no longer needed.
-    return flush(std::chrono::duration_cast<milliseconds>(std::max(
-        deadline - std::chrono::steady_clock::now(), std::chrono::steady_clock::duration(0))));
+    // The write stays in flight (its payload owner is held in writes_ until the completion is
+    // reaped): later calls and, between calls, the progress thread drive it to completion.
+    // Reap whatever has already completed, so finished payloads go back early.
+    if (auto r = pump_once(); !r) return r;
+    if (!writes_.empty()) wake_.notify_one();
+    return {};
   }
 
   result<void> flush(milliseconds timeout) override {
     auto deadline = std::chrono::steady_clock::now() + timeout;
+    call_guard call(*this);
+    if (auto r = take_deferred(); !r) return r;
     backoff wait;
     while (!writes_.empty()) {
       if (auto r = pump_once(); !r) return r;
@@ -684,10 +708,79 @@ public:
     return {};
   }
 
-  std::size_t in_flight_bytes() const override { return window_ - credit_; }
+  std::size_t in_flight_bytes() const override {
+    std::lock_guard lock(mu_);
+    return window_ - credit_;
+  }
   const counters& stats() const override { return stats_; }
 
 private:
+  /// RMA writes posted and not yet reaped, at most (each holds its payload alive; the CQ,
+  /// 1024 entries, must have room for all their completions and the control frames).
+  static constexpr std::size_t writes_in_flight_max = 64;
+  /// The progress thread leaves the endpoint alone until the user has made no call for this
+  /// long: while segments stream, the user's own calls drive progress without contention.
+  static constexpr auto idle_before_progress = std::chrono::microseconds(50);
+
+  /// Holds the endpoint for one user call (send, flush): the progress thread stays out.
+  struct call_guard {
+    explicit call_guard(fabric_sender& s) : s_(s), lock_(s.mu_) { s_.in_call_.store(true); }
+    ~call_guard() {
+      s_.last_call_end_.store(std::chrono::steady_clock::now().time_since_epoch().count());
+      s_.in_call_.store(false);
+    }
+    fabric_sender& s_;
+    std::unique_lock<std::mutex> lock_;
+  };
+
+  /// An error the progress thread met (a failed write, a dead peer): reported by the next call.
+  result<void> take_deferred() {
+    if (deferred_.code == errc::ok) return {};
+    return std::exchange(deferred_, error{errc::ok, {}});
+  }
+
+  /// Waits until the oldest write completes (or the deadline passes).
+  result<void> wait_for_write(std::chrono::steady_clock::time_point deadline) {
+    backoff wait;
+    const std::size_t before = writes_.size();
+    for (;;) {
+      if (auto r = pump_once(); !r) return r;
+      if (writes_.size() < before) return {};
+      if (std::chrono::steady_clock::now() > deadline)
+        return fail(errc::timeout, name_ + ": " + std::to_string(writes_.size()) +
+                                       " RMA writes in flight, none completed in time");
+      wait.pause();
+    }
+  }
+
+  /// Nothing else drives a sender between the user's calls, and some providers need the
+  /// initiator's progress to finish a write (tcp;ofi_rxm pushes the bytes into the socket,
+  /// shm's SAR protocol refills its bounce buffers): while writes are in flight and the user
+  /// is idle, this thread polls the CQ under the same lock. It sleeps while nothing is in
+  /// flight, so an idle sender costs nothing.
+  void progress_loop() {
+    std::unique_lock lock(mu_);
+    backoff wait;
+    while (!stop_) {
+      if (writes_.empty()) {
+        wake_.wait(lock, [&] { return stop_ || !writes_.empty(); });
+        wait.reset();
+        continue;
+      }
+      const auto idle_for = std::chrono::steady_clock::now().time_since_epoch() -
+                            std::chrono::steady_clock::duration(last_call_end_.load());
+      if (!in_call_.load() && idle_for >= idle_before_progress) {
+        if (auto r = pump_once(); !r && deferred_.code == errc::ok) deferred_ = r.err();
+      }
+      lock.unlock();
+      if (in_call_.load() || idle_for < idle_before_progress)
+        std::this_thread::sleep_for(idle_before_progress);
+      else
+        wait.pause();
+      lock.lock();
+    }
+  }
+
   /// Registration cache: the last few payload owners stay registered (and alive), so a
   /// producer that reuses its buffers registers each once. Bounded: mr_cache_max entries.
   static constexpr std::size_t mr_cache_max = 4;
@@ -781,6 +874,14 @@ private:
   std::deque<std::unique_ptr<fabric_write>> writes_;
   std::list<cached_mr> mr_cache_;
   counters stats_;
+  // The progress thread (see progress_loop) and what it shares with the user's calls.
+  mutable std::mutex mu_; ///< guards the endpoint and every member above
+  std::condition_variable wake_;
+  bool stop_ = false;
+  error deferred_{errc::ok, {}};
+  std::atomic<bool> in_call_{false};
+  std::atomic<std::int64_t> last_call_end_{0}; ///< steady_clock ticks
+  std::thread progress_;
 };
 
 } // namespace
