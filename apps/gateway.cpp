@@ -7,6 +7,8 @@
 #include <fmt/core.h>
 #include <httplib.h>
 
+#include <sys/socket.h>
+
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -153,6 +155,8 @@ struct gateway::impl {
   httplib::Server server;
   std::atomic<int> in_flight{0};
   std::atomic<bool> stopping{false};
+  /// The listening socket, captured when httplib creates it (see listen_backlog).
+  std::atomic<int> listen_fd{-1};
   std::atomic<std::uint64_t> next_id{0};
   std::uint64_t id_salt = std::random_device{}();
 
@@ -612,14 +616,27 @@ gateway::~gateway() {
   stop();
 }
 
+// Debian's cpp-httplib 0.11.4 listens with a backlog of 5: a burst of clients connecting at
+// once overflows it, and the kernel drops their SYNs (each client then stalls 1 s, 3 s, 7 s...
+// in retransmits). Linux lets listen() be called again on a listening socket to change the
+// backlog, so we capture the socket as httplib creates it and raise the bound after binding.
+// 1024 matches net.core.somaxconn's default; the kernel clamps it to that setting anyway.
+constexpr int listen_backlog = 1024;
+
 int gateway::bind() {
   const auto& o = impl_->options;
+  impl_->server.set_socket_options([this](socket_t sock) {
+    httplib::default_socket_options(sock); // SO_REUSEADDR, as httplib does by default
+    impl_->listen_fd.store(sock);
+  });
   int port = o.port == 0 ? impl_->server.bind_to_any_port(o.host)
                          : (impl_->server.bind_to_port(o.host, o.port) ? o.port : -1);
   if (port < 0)
     throw std::runtime_error(fmt::format("cannot listen on {}:{} (address in use, or not an "
                                          "address of this machine?)",
                                          o.host, o.port));
+  if (int fd = impl_->listen_fd.load(); fd >= 0 && ::listen(fd, listen_backlog) != 0)
+    throw std::runtime_error(fmt::format("cannot raise the listen backlog on {}:{}", o.host, port));
   return port;
 }
 
