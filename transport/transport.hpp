@@ -117,9 +117,10 @@ public:
   /// Waits for credit up to `timeout` (then errc::timeout; the segment is not sent).
   /// oversized when the payload exceeds segment_bytes_max or the receiver's window.
   /// Returns once the payload is handed to the backend (inproc: queued; zmq: given to libzmq,
-  /// may still be in flight); fabric: once the RMA write has completed locally and the
-  /// envelope is sent (a sender is only driven inside its calls, and some providers need the
-  /// initiator's progress to finish a write).
+  /// may still be in flight); fabric: once the RMA write and its envelope are posted (up to
+  /// 64 in flight within the window); the sender holds the payload until the write completes,
+  /// and a per-sender progress thread drives completions while the caller is idle (some
+  /// providers need the initiator's progress to finish a write).
   virtual result<void> send(segment seg, milliseconds timeout) = 0;
 
   /// Waits until every segment sent so far has left this process (fabric: RMA completed;
