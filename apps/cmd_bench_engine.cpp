@@ -1,5 +1,6 @@
 // `duet bench engine`: prefill / decode throughput of a model next to the memory roofline.
 #include "apps/command.hpp"
+#include "apps/progress.hpp"
 #include "bench/engine_bench.hpp"
 
 #include <fmt/core.h>
@@ -36,7 +37,12 @@ void setup_bench_engine(CLI::App& app) {
       ->check(CLI::IsMember({"f32", "f16"}));
   cmd->callback([o] {
     o->bench.kv_type = o->kv == "f16" ? engine::dtype::f16 : engine::dtype::f32;
+    progress bar("bench engine");
+    o->bench.on_progress = [&bar](double fraction, std::string_view step) {
+      bar.update(fraction, step);
+    };
     auto r = bench::run_engine_bench(o->bench);
+    bar.finish("measured");
     fmt::print("{}", bench::format_engine_bench(r));
   });
 }

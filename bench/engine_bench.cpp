@@ -44,6 +44,14 @@ double engine_bench_result::roofline_tokens_per_s() const {
 }
 
 engine_bench_result run_engine_bench(const engine_bench_options& o) {
+  // Stages: load, bandwidth, each prefill length, each decode batch.
+  const double stages =
+      2.0 + static_cast<double>(o.prefill_tokens.size() + o.decode_batches.size());
+  double stage = 0;
+  auto report = [&](std::string_view step) {
+    if (o.on_progress) o.on_progress(stage++ / stages, step);
+  };
+  report("loading the model");
   auto model = engine::open_model(o.model, o.tokenizer);
   const auto& w = *model.weights;
   const auto& c = w.config;
@@ -53,6 +61,7 @@ engine_bench_result run_engine_bench(const engine_bench_options& o) {
   res.simd = std::string(engine::kernels::simd_level());
   res.threads = o.threads;
   res.weight_bytes_per_token = w.decode_bytes_per_token();
+  report("measuring read bandwidth");
   res.read_gbps = measure_read_gbps(o.bandwidth_bytes, o.threads);
 
   int batch_max = 1;
@@ -85,6 +94,7 @@ engine_bench_result run_engine_bench(const engine_bench_options& o) {
   }
   for (int n : o.prefill_tokens) {
     n = std::min(n, c.seq_len);
+    report(fmt::format("prefill {} tokens", n));
     auto prompt = random_tokens(n);
     auto id = next_id++;
     kv.seq_add(id);
@@ -98,6 +108,7 @@ engine_bench_result run_engine_bench(const engine_bench_options& o) {
   // -- decode ------------------------------------------------------------------------------
   const int ctx = std::min(o.context_tokens, c.seq_len - o.decode_steps - 1);
   for (int b : o.decode_batches) {
+    report(fmt::format("decode {} sequences", b));
     std::vector<engine::decode_item> items;
     for (int i = 0; i < b; ++i) {
       auto id = next_id++;
@@ -122,6 +133,7 @@ engine_bench_result run_engine_bench(const engine_bench_options& o) {
     res.decode.push_back({b, static_cast<double>(b) * o.decode_steps / secs});
     for (const auto& it : items) kv.seq_free(it.seq);
   }
+  if (o.on_progress) o.on_progress(1.0, "done");
   return res;
 }
 

@@ -8,7 +8,9 @@
 #include "engine/dtype.hpp"
 
 #include <cstddef>
+#include <functional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace duet::bench {
@@ -23,6 +25,9 @@ struct engine_bench_options {
   int context_tokens = 64;                      ///< prompt each decoding sequence starts from
   engine::dtype kv_type = engine::dtype::f32;
   std::size_t bandwidth_bytes = std::size_t{256} << 20; ///< working set of the read baseline
+  /// Told (fraction done 0..1, step name) between stages; may be empty. The command line shows
+  /// it as a progress bar on a terminal, plain lines otherwise.
+  std::function<void(double, std::string_view)> on_progress;
 };
 
 struct engine_bench_figure {
