@@ -170,21 +170,23 @@ option_values read_config_file(const std::string& path) {
   }
   option_values values;
   for (const auto& [key, node] : table) {
+    // A named copy: clang 14 cannot capture structured bindings in lambdas (C++20 allows it).
+    const std::string key_name{key.str()};
     const auto& options = serve_options();
     auto spec = std::find_if(options.begin(), options.end(),
-                             [&](const option_spec& o) { return o.key == key.str(); });
+                             [&](const option_spec& o) { return o.key == key_name; });
     const auto line = key.source().begin.line;
     if (spec == options.end()) {
       std::vector<std::string> known;
       for (const auto& o : options) known.push_back(o.key);
       throw std::runtime_error(fmt::format("config file {}:{}: unknown key '{}' (known keys: {})",
-                                           path, line, key.str(), fmt::join(known, ", ")));
+                                           path, line, key_name, fmt::join(known, ", ")));
     }
     auto scalar = [&](const toml::node& n) -> std::string {
       if (auto s = n.value<std::string>(); s && n.is_string()) return *s;
       if (n.is_integer()) return std::to_string(*n.value<std::int64_t>());
       throw std::runtime_error(fmt::format(
-          "config file {}:{}: '{}' must be a {}", path, line, key.str(),
+          "config file {}:{}: '{}' must be a {}", path, line, key_name,
           spec->value_name == "INT" || spec->value_name == "BYTES" || spec->value_name == "MS"
               ? "integer"
               : "string"));
@@ -193,7 +195,7 @@ option_values read_config_file(const std::string& path) {
     if (const auto* arr = node.as_array()) {
       if (!spec->repeatable)
         throw std::runtime_error(fmt::format("config file {}:{}: '{}' takes one value, not a list",
-                                             path, line, key.str()));
+                                             path, line, key_name));
       for (const auto& item : *arr) v.push_back(scalar(item));
     } else {
       v.push_back(scalar(node));
