@@ -120,6 +120,34 @@ TEST_CASE("matmul of f32, f16 and q8_0 weights matches a scalar reference") {
   kernels::set_force_scalar(false);
 }
 
+TEST_CASE("matmul gives a token bit-identical results alone and in a batch, for every dtype") {
+  // A decode lane multiplies a sequence's token alone or batched with others, depending on who
+  // else is decoding: greedy tokens may only stay the same if the result does not depend on
+  // that. Exact equality, not a tolerance.
+  std::mt19937 rng(test_seed());
+  INFO("seed " << test_seed() << " (set DUET_TEST_SEED to replay)");
+  auto type = GENERATE(dtype::f32, dtype::f16, dtype::q8_0);
+  auto scalar = GENERATE(false, true);
+  kernels::set_force_scalar(scalar);
+  INFO(dtype_name(type) << (scalar ? " scalar" : " simd"));
+  const int rows = 21, cols = 256, n = 7;
+  auto w = make_weights(type, rows, cols, rng);
+  std::vector<float> x(static_cast<std::size_t>(n * cols));
+  for (auto& v : x) v = std::normal_distribution<float>(0.0f, 1.0f)(rng);
+  std::vector<float> batched(static_cast<std::size_t>(n * rows));
+  kernels::matmul(w.view, x.data(), cols, n, batched.data(), rows, 0, rows);
+  for (int t = 0; t < n; ++t) {
+    std::vector<float> alone(static_cast<std::size_t>(rows));
+    kernels::matmul(w.view, x.data() + t * cols, cols, 1, alone.data(), rows, 0, rows);
+    for (int r = 0; r < rows; ++r) {
+      INFO("token " << t << " row " << r);
+      REQUIRE(alone[static_cast<std::size_t>(r)] ==
+              batched[static_cast<std::size_t>(t * rows + r)]);
+    }
+  }
+  kernels::set_force_scalar(false);
+}
+
 TEST_CASE("rmsnorm, softmax and rope match their formulas") {
   std::mt19937 rng(test_seed());
   INFO("seed " << test_seed());
