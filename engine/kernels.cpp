@@ -1,6 +1,7 @@
 // Numeric kernels: scalar definitions plus a runtime-dispatched AVX2/FMA/F16C matmul.
 #include "engine/kernels.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstring>
@@ -17,6 +18,12 @@ namespace duet::engine::kernels {
 namespace {
 
 std::atomic<bool> force_scalar{false};
+
+/// 32 activations quantized for the q8_0 dot product: x[i] ~= d * qs[i], qs in [-127, 127].
+struct q8_activation_block {
+  float d;
+  std::int8_t qs[32];
+};
 
 bool cpu_has_avx2() {
 #ifdef DUET_X86
@@ -59,8 +66,54 @@ inline float weight_at(dtype t, const std::uint8_t* row, std::int64_t k) {
   return 0.0f;
 }
 
+/// Quantizes n activation rows of `cols` values (32 | cols) into q8 blocks, as ggml's
+/// quantize_row_q8_0 does but with an f32 scale: d = max|x| / 127, q = round(x / d).
+/// out is [n][cols / 32]. Scalar on purpose: it runs once per token, not once per weight.
+void quantize_activations(const float* x, std::int64_t x_stride, int n, std::int64_t cols,
+                          std::vector<q8_activation_block>& out) {
+  const std::int64_t blocks = cols / 32;
+  out.resize(static_cast<std::size_t>(n * blocks));
+  for (int t = 0; t < n; ++t) {
+    const float* xt = x + static_cast<std::int64_t>(t) * x_stride;
+    for (std::int64_t b = 0; b < blocks; ++b) {
+      auto& blk = out[static_cast<std::size_t>(t * blocks + b)];
+      float amax = 0.0f;
+      for (int i = 0; i < 32; ++i) amax = std::max(amax, std::abs(xt[b * 32 + i]));
+      blk.d = amax / 127.0f;
+      const float id = blk.d != 0.0f ? 1.0f / blk.d : 0.0f;
+      for (int i = 0; i < 32; ++i)
+        blk.qs[i] =
+            static_cast<std::int8_t>(std::clamp(std::round(xt[b * 32 + i] * id), -127.0f, 127.0f));
+    }
+  }
+}
+
+/// Scalar q8_0 x q8 activations: per block an exact integer dot, scaled by d_w * d_x.
+void matmul_q8_0_scalar(const tensor_view& w, const float* x, std::int64_t x_stride, int n,
+                        float* y, std::int64_t y_stride, std::int64_t row_begin,
+                        std::int64_t row_end) {
+  thread_local std::vector<q8_activation_block> xq;
+  quantize_activations(x, x_stride, n, w.cols, xq);
+  const std::int64_t blocks = w.cols / 32;
+  for (std::int64_t r = row_begin; r < row_end; ++r) {
+    const auto* row = reinterpret_cast<const q8_0_block*>(w.row(r));
+    for (int t = 0; t < n; ++t) {
+      const q8_activation_block* xb = xq.data() + t * blocks;
+      float sum = 0.0f;
+      for (std::int64_t b = 0; b < blocks; ++b) {
+        std::int32_t isum = 0;
+        for (int i = 0; i < 32; ++i) isum += std::int32_t{row[b].qs[i]} * xb[b].qs[i];
+        sum += f16_to_f32(row[b].d) * xb[b].d * static_cast<float>(isum);
+      }
+      y[t * y_stride + r] = sum;
+    }
+  }
+}
+
 void matmul_scalar(const tensor_view& w, const float* x, std::int64_t x_stride, int n, float* y,
                    std::int64_t y_stride, std::int64_t row_begin, std::int64_t row_end) {
+  if (w.type == dtype::q8_0)
+    return matmul_q8_0_scalar(w, x, x_stride, n, y, y_stride, row_begin, row_end);
   const std::int64_t cols = w.cols;
   for (std::int64_t r = row_begin; r < row_end; ++r) {
     const std::uint8_t* row = w.row(r);
@@ -81,8 +134,9 @@ void matmul_scalar(const tensor_view& w, const float* x, std::int64_t x_stride, 
 // does not unroll them by itself, and then every FMA goes through the stack).
 #define DUET_UNROLL _Pragma("GCC unroll 16")
 /// How far ahead of the current weight the single-token kernels prefetch, in bytes of each
-/// row stream. Measured with `duet bench engine` on stories110M q8_0, 1 thread: none 60 tok/s,
-/// 1 KiB 64, 4 KiB 90, 8 KiB 110, 16 KiB 107 (the hardware prefetcher alone falls behind).
+/// row stream. Measured with `duet bench engine` on stories110M q8_0 (float dot product then),
+/// 1 thread: none 60 tok/s, 1 KiB 64, 4 KiB 90, 8 KiB 110, 16 KiB 107 (the hardware prefetcher
+/// alone falls behind); with the integer dot product 8 KiB is still the best.
 constexpr int prefetch_bytes = 8192;
 
 DUET_AVX2 inline float hsum(__m256 v) {
@@ -134,32 +188,20 @@ DUET_AVX2 void tile_f32(const float* const* rows, std::int64_t cols, const float
   }
 }
 
-/// Dequantizes rows [r0, r0 + R) of an f16 or q8_0 matrix into dst[R][cols] (exact: f16 -> f32
-/// and d * q are exact in f32), so the multi-token path pays the conversion once per call.
+/// Converts rows [r0, r0 + R) of an f16 matrix into dst[R][cols] (exact: f16 -> f32 is), so
+/// the multi-token path pays the conversion once per call. (q8_0 has its own path:
+/// matmul_q8_0_avx2.)
 template <int R>
 DUET_AVX2 void dequantize_rows(const tensor_view& w, std::int64_t r0, float* dst) {
-  const std::int64_t cols = w.cols;
+  const std::int64_t cols = w.cols, cols8 = cols & ~std::int64_t{7};
   DUET_UNROLL
   for (int i = 0; i < R; ++i) {
     const std::uint8_t* row = w.row(r0 + i);
     float* out = dst + i * cols;
-    if (w.type == dtype::q8_0) {
-      const auto* blocks = reinterpret_cast<const q8_0_block*>(row);
-      for (std::int64_t b = 0; b < cols / 32; ++b) {
-        const __m256 d = _mm256_set1_ps(_cvtsh_ss(blocks[b].d));
-        for (int sub = 0; sub < 4; ++sub) {
-          __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(blocks[b].qs + sub * 8));
-          _mm256_storeu_ps(out + b * 32 + sub * 8,
-                           _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d));
-        }
-      }
-    } else { // f16
-      const std::int64_t cols8 = cols & ~std::int64_t{7};
-      for (std::int64_t k = 0; k < cols8; k += 8)
-        _mm256_storeu_ps(out + k, _mm256_cvtph_ps(_mm_loadu_si128(
-                                      reinterpret_cast<const __m128i*>(row + k * 2))));
-      for (std::int64_t k = cols8; k < cols; ++k) out[k] = weight_at(w.type, row, k);
-    }
+    for (std::int64_t k = 0; k < cols8; k += 8)
+      _mm256_storeu_ps(
+          out + k, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k * 2))));
+    for (std::int64_t k = cols8; k < cols; ++k) out[k] = weight_at(w.type, row, k);
   }
 }
 
@@ -193,18 +235,23 @@ DUET_AVX2 void row_group(const tensor_view& w, std::int64_t r0, const float* x,
   rows_times_tokens<R>(rows, w.cols, x, x_stride, n, y, y_stride, r0);
 }
 
-/// Eight signed 8-bit quants as floats.
-DUET_AVX2 inline __m256 q8_to_f32(const std::int8_t* qs) {
-  return _mm256_cvtepi32_ps(
-      _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(qs))));
+/// Exact integer dot product of 32 q8_0 weights with 32 quantized activations, as 8 int32
+/// partial sums. |w| is the unsigned operand (so w = -128 stays exact as 128) and x takes
+/// w's sign; each pair of products is at most 2 * 128 * 127 < 2^15, so maddubs never saturates.
+DUET_AVX2 inline __m256i dot_q8_32(const std::int8_t* w, const std::int8_t* x) {
+  const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+  const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
+  const __m256i pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+  return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
 }
 
-/// Single-token q8_0: R rows, one 8-lane accumulator each, fed the exact dequantized weights
-/// (d * q) in column order, i.e. bit for bit the sum the multi-token path computes from
-/// dequantize_rows + tile_f32<R, 1>: a token's logits never depend on whether it was decoded
-/// alone or in a batch (tests/engine/kernels_test.cpp checks this with ==).
+/// One token against R q8_0 rows: per 32-value block an exact integer dot, scaled by
+/// d_w * d_x into one 8-lane accumulator per row. Each (row, token) result depends on that row
+/// and token only, so the single-token and multi-token paths give bit-identical results
+/// (tests/engine/kernels_test.cpp checks this with ==).
 template <int R>
-DUET_AVX2 void gemv_q8_0(const tensor_view& w, std::int64_t r0, const float* x, float* y) {
+DUET_AVX2 void gemv_q8_0(const tensor_view& w, std::int64_t r0, const q8_activation_block* xq,
+                         float* y) {
   const std::int64_t blocks = w.cols / 32;
   const q8_0_block* rows[R];
   DUET_UNROLL
@@ -213,20 +260,33 @@ DUET_AVX2 void gemv_q8_0(const tensor_view& w, std::int64_t r0, const float* x, 
   DUET_UNROLL
   for (int i = 0; i < R; ++i) acc[i] = _mm256_setzero_ps();
   for (std::int64_t b = 0; b < blocks; ++b) {
-    const float* xb = x + b * 32;
+    const float dx = xq[b].d;
     DUET_UNROLL
     for (int i = 0; i < R; ++i) {
       _mm_prefetch(reinterpret_cast<const char*>(rows[i] + b) + prefetch_bytes, _MM_HINT_T0);
-      const std::int8_t* qs = rows[i][b].qs;
-      const __m256 d = _mm256_set1_ps(_cvtsh_ss(rows[i][b].d));
-      DUET_UNROLL
-      for (int sub = 0; sub < 4; ++sub)
-        acc[i] = _mm256_fmadd_ps(_mm256_mul_ps(q8_to_f32(qs + sub * 8), d),
-                                 _mm256_loadu_ps(xb + sub * 8), acc[i]);
+      const __m256 scale = _mm256_set1_ps(_cvtsh_ss(rows[i][b].d) * dx);
+      acc[i] =
+          _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_q8_32(rows[i][b].qs, xq[b].qs)), scale, acc[i]);
     }
   }
   DUET_UNROLL
   for (int i = 0; i < R; ++i) y[r0 + i] = hsum(acc[i]);
+}
+
+/// q8_0 over n tokens: the activations are quantized once per call, then each group of R rows
+/// (R * 34 * cols / 32 bytes, which stays in L1) is run against every token.
+DUET_AVX2 void matmul_q8_0_avx2(const tensor_view& w, const float* x, std::int64_t x_stride, int n,
+                                float* y, std::int64_t y_stride, std::int64_t row_begin,
+                                std::int64_t row_end) {
+  thread_local std::vector<q8_activation_block> xq;
+  quantize_activations(x, x_stride, n, w.cols, xq);
+  const std::int64_t blocks = w.cols / 32;
+  constexpr int R = 8; // 8 independent accumulator chains keep both FMA pipes busy
+  std::int64_t r = row_begin;
+  for (; r + R <= row_end; r += R)
+    for (int t = 0; t < n; ++t) gemv_q8_0<R>(w, r, xq.data() + t * blocks, y + t * y_stride);
+  for (; r < row_end; ++r)
+    for (int t = 0; t < n; ++t) gemv_q8_0<1>(w, r, xq.data() + t * blocks, y + t * y_stride);
 }
 
 /// Single-token f16: R rows with two accumulators each (latency of the FMA chain hidden).
@@ -269,7 +329,7 @@ DUET_AVX2 void gemv_group(const tensor_view& w, std::int64_t r0, const float* x,
   case dtype::f16:
     return gemv_f16<R>(w, r0, x, y);
   case dtype::q8_0:
-    return gemv_q8_0<R>(w, r0, x, y);
+    break; // matmul_q8_0_avx2
   }
 }
 
@@ -307,6 +367,8 @@ DUET_AVX2 void attention_avx2(const float* q, const kv_cache& kv,
 DUET_AVX2 void matmul_avx2(const tensor_view& w, const float* x, std::int64_t x_stride, int n,
                            float* y, std::int64_t y_stride, std::int64_t row_begin,
                            std::int64_t row_end) {
+  if (w.type == dtype::q8_0)
+    return matmul_q8_0_avx2(w, x, x_stride, n, y, y_stride, row_begin, row_end);
   constexpr int R = tile_rows;
   if (n == 1) {
     // 8 rows at a time: 8 independent FMA chains keep both FMA pipes busy.

@@ -4,10 +4,16 @@
 // tests check against, tests/engine/kernels_test.cpp) and, for matmul, an AVX2+FMA+F16C
 // version picked at run time when the CPU has those (the build stays portable: no -march).
 //
-// Matmul of Q8_0 weights dequantizes each weight block exactly (d * q is exact in f32) and
-// multiplies with the f32 activations, i.e. it computes the same sum as dequantizing the whole
-// matrix to f32 first; unlike ggml it does not quantize the activations, so the only
-// difference from an f32 reference is summation order (relative error ~1e-6 * sqrt(cols)).
+// Matmul of Q8_0 weights works as ggml's does: the activations are quantized to 8 bits per
+// 32-value block (d = max|x| / 127), each block's dot product is exact in integers and scaled
+// by d_w * d_x. That rounding of the activations is the only difference from an f32 reference
+// beyond summation order; tests/engine/kernels_test.cpp bounds it per row. It is ~2x fewer
+// instructions than dequantizing to f32, which single-sequence decode needs to get near the
+// memory roofline.
+//
+// Every matmul gives a (row, token) result that depends on that row and token only, bit for bit,
+// whether the token is multiplied alone or with others: a sequence's greedy tokens do not depend
+// on what else a decode lane batches with it.
 
 #include "engine/dtype.hpp"
 #include "engine/kv_cache.hpp"
