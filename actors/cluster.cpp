@@ -14,6 +14,7 @@
 
 #include <fmt/core.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <filesystem>
@@ -186,16 +187,30 @@ public:
                                            system_->render(port.error())));
     }
     if (options.on_listening) options.on_listening(*port);
+    auto stopped = [&] { return options.stop_requested && options.stop_requested(); };
     std::vector<node_hello> hellos;
     {
+      const auto join_deadline =
+          std::chrono::steady_clock::now() + std::chrono::milliseconds(options.join_timeout_ms);
       std::unique_lock lock{board->mutex};
-      auto joined =
-          board->changed.wait_for(lock, std::chrono::milliseconds(options.join_timeout_ms),
-                                  [&] { return int(board->nodes.size()) >= board->expected; });
+      bool joined = false;
+      bool stop = false;
+      // In slices, so a stop request is seen within ~50 ms.
+      do {
+        joined =
+            board->changed.wait_until(lock,
+                                      std::min(join_deadline, std::chrono::steady_clock::now() +
+                                                                  std::chrono::milliseconds(50)),
+                                      [&] { return int(board->nodes.size()) >= board->expected; });
+        stop = !joined && stopped();
+      } while (!joined && !stop && std::chrono::steady_clock::now() < join_deadline);
       if (!joined) {
         auto n = board->nodes.size();
         lock.unlock();
         shutdown();
+        if (stop)
+          throw std::runtime_error(fmt::format(
+              "controller: stopped while waiting for nodes ({} of {} joined)", n, options.nodes));
         throw std::runtime_error(fmt::format("controller: {} of {} nodes joined within {} ms", n,
                                              options.nodes, options.join_timeout_ms));
       }
@@ -244,6 +259,11 @@ public:
       bool all = !entries.empty();
       for (const auto& e : entries) all = all && e.alive;
       if (all) break;
+      if (stopped()) {
+        shutdown();
+        throw std::runtime_error("controller: stopped while the nodes started their shards and "
+                                 "lanes");
+      }
       if (std::chrono::steady_clock::now() > deadline) {
         shutdown();
         throw std::runtime_error(

@@ -35,11 +35,15 @@ struct controller_options {
   std::function<void(std::uint16_t port)> on_listening;
   /// Control events: "node <n> joined pid <p> ...", placement, node down, re-placement.
   std::function<void(const std::string&)> on_event;
+  /// Polled (every few ms) while waiting for the nodes: true gives up waiting, as a join
+  /// timeout does (e.g. `duet serve` got SIGINT while nodes were still to come).
+  std::function<bool()> stop_requested;
 };
 
 /// Publishes the registrar, waits for `options.nodes` nodes to join (bounded by
-/// join_timeout_ms), plans the pipelines over them as the embedded cluster does, and starts
-/// the controller. Throws std::runtime_error (model, placement, join timeout).
+/// join_timeout_ms and stop_requested), plans the pipelines over them as the embedded cluster
+/// does, and starts the controller. Throws std::runtime_error (model, placement, join timeout,
+/// stopped).
 std::unique_ptr<cluster> make_controller_cluster(cluster_config config, controller_options options);
 
 /// What a node process is and where it joins.

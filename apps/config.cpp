@@ -46,6 +46,17 @@ const std::vector<std::string> transports = {"inproc",     "zmq+tcp",    "zmq+ip
 
 } // namespace
 
+std::pair<std::string, int> parse_host_port(const std::string& text) {
+  auto colon = text.rfind(':');
+  if (colon == std::string::npos || colon == 0)
+    throw std::invalid_argument(fmt::format("expected HOST:PORT, got '{}'", text));
+  try {
+    return {text.substr(0, colon), static_cast<int>(parse_int(text.substr(colon + 1), 0, 65535))};
+  } catch (const std::invalid_argument& e) {
+    throw std::invalid_argument(fmt::format("bad port in '{}': {}", text, e.what()));
+  }
+}
+
 actors::placement_mode parse_placement(const std::string& text) {
   if (text == "auto") return actors::placement_mode::automatic;
   if (text == "integrated") return actors::placement_mode::integrated;
@@ -73,12 +84,14 @@ const std::vector<option_spec>& serve_options() {
        false, [](const serve_config& c) { return std::to_string(c.port); },
        [](serve_config& c, V v) { c.port = static_cast<int>(parse_int(single(v), 0, 65535)); }},
       {"--local", "DUET_LOCAL", "local", "SHAPE",
-       "Shape of the embedded cluster: prefill=N,decode=M nodes in this process", false,
-       [](const serve_config& c) { return c.local; },
+       "Shape of the embedded cluster: prefill=N,decode=M nodes in this process (and split=K "
+       "prefill shards per pipeline); refused with --nodes-listen",
+       false, [](const serve_config& c) { return c.local; },
        [](serve_config& c, V v) { c.local = single(v); }},
       {"--transport", "DUET_TRANSPORT", "transport", "NAME",
-       "How KV moves from prefill to decode nodes: inproc, zmq+tcp, zmq+ipc, fabric+shm, "
-       "fabric+tcp or actor",
+       "How KV moves from prefill to decode nodes of the embedded cluster: inproc, zmq+tcp, "
+       "zmq+ipc, fabric+shm, fabric+tcp or actor; refused with --nodes-listen (each `duet node "
+       "--transport` chooses)",
        false, [](const serve_config& c) { return c.transport; },
        [](serve_config& c, V v) {
          if (std::find(transports.begin(), transports.end(), single(v)) == transports.end())
@@ -86,6 +99,31 @@ const std::vector<option_spec>& serve_options() {
                fmt::format("expected one of {}, got '{}'", fmt::join(transports, ", "), single(v)));
          c.transport = single(v);
        }},
+      {"--nodes-listen", "DUET_NODES_LISTEN", "nodes_listen", "HOST:PORT",
+       "Serve a multi-process cluster: listen here for `duet node --join HOST:PORT` processes "
+       "(port 0 picks a free one, printed as `nodes listening on HOST:PORT`) instead of "
+       "embedding one; none = the embedded cluster of --local",
+       false, [](const serve_config& c) { return c.nodes_listen; },
+       [](serve_config& c, V v) {
+         if (!single(v).empty()) (void)parse_host_port(single(v));
+         c.nodes_listen = single(v);
+       }},
+      {"--nodes", "DUET_NODES", "nodes", "INT",
+       "With --nodes-listen: nodes that must join before serving (membership is then fixed)", false,
+       [](const serve_config& c) { return std::to_string(c.nodes); },
+       [](serve_config& c, V v) { c.nodes = static_cast<int>(parse_int(single(v), 1, 1024)); }},
+      {"--nodes-join-timeout-ms", "DUET_NODES_JOIN_TIMEOUT_MS", "nodes_join_timeout_ms", "MS",
+       "With --nodes-listen: how long to wait for the nodes to join and start their shards and "
+       "lanes; then duet serve exits with an error",
+       false, [](const serve_config& c) { return std::to_string(c.nodes_join_timeout_ms); },
+       [](serve_config& c, V v) {
+         c.nodes_join_timeout_ms = static_cast<int>(parse_int(single(v), 100, 3600 * 1000));
+       }},
+      {"--nodes-split", "DUET_NODES_SPLIT", "nodes_split", "INT",
+       "With --nodes-listen: prefill shards per pipeline over the prefill nodes (0: as their "
+       "profiles fit)",
+       false, [](const serve_config& c) { return std::to_string(c.nodes_split); },
+       [](serve_config& c, V v) { c.nodes_split = static_cast<int>(parse_int(single(v), 0, 64)); }},
       {"--api-key", "DUET_API_KEYS", "api_keys", "KEY",
        "API key clients must send as `Authorization: Bearer KEY`; repeat for several "
        "(environment: comma-separated); none = no authentication",
@@ -132,8 +170,9 @@ const std::vector<option_spec>& serve_options() {
          c.request_timeout_ms = parse_int(single(v), 100, 24LL * 3600 * 1000);
        }},
       {"--engine-threads", "DUET_ENGINE_THREADS", "engine_threads", "INT",
-       "Compute threads of each prefill shard and decode lane", false,
-       [](const serve_config& c) { return std::to_string(c.engine_threads); },
+       "Compute threads of each prefill shard and decode lane of the embedded cluster; refused "
+       "with --nodes-listen (each `duet node --threads` chooses)",
+       false, [](const serve_config& c) { return std::to_string(c.engine_threads); },
        [](serve_config& c, V v) {
          c.engine_threads = static_cast<int>(parse_int(single(v), 1, 256));
        }},
@@ -233,6 +272,7 @@ serve_config resolve_serve_config(const std::string& models_dir, const option_va
     for (const auto& o : serve_options()) {
       auto it = values.find(o.flag);
       if (it == values.end()) continue;
+      c.given.insert(o.flag);
       try {
         o.set(c, it->second);
       } catch (const std::invalid_argument& e) {
@@ -246,6 +286,26 @@ serve_config resolve_serve_config(const std::string& models_dir, const option_va
   if (!config_file.empty()) apply(read_config_file(config_file), "file");
   apply(read_environment(getenv), "env");
   apply(flags, "flag");
+  // The two cluster shapes take different options: refuse a mix rather than ignore a setting
+  // the user meant (it may have come from the environment or the file: the message says so).
+  if (!c.nodes_listen.empty()) {
+    for (const auto& [flag, instead] : std::vector<std::pair<std::string, std::string>>{
+             {"--local", "the nodes that join are the cluster"},
+             {"--transport", "each `duet node --transport` chooses how its KV moves"},
+             {"--engine-threads", "each `duet node --threads` chooses its compute threads"}})
+      if (c.given.count(flag) != 0)
+        throw std::runtime_error(fmt::format(
+            "{} is for the embedded cluster and conflicts with --nodes-listen ({}); drop one "
+            "(it may come from the environment or the --config file)",
+            flag, instead));
+  } else {
+    for (const std::string flag : {"--nodes", "--nodes-join-timeout-ms", "--nodes-split"})
+      if (c.given.count(flag) != 0)
+        throw std::runtime_error(fmt::format(
+            "{} only applies with --nodes-listen (a multi-process cluster); drop it for the "
+            "embedded cluster (it may come from the environment or the --config file)",
+            flag));
+  }
   return c;
 }
 

@@ -11,7 +11,9 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace duet::apps {
@@ -33,6 +35,14 @@ struct serve_config {
   std::int64_t request_timeout_ms = 120000;
   int engine_threads = 1;
   std::string log_level = "info";
+  /// "HOST:PORT" where `duet node` processes join (CAF middleman; port 0 = ephemeral). "" (the
+  /// default): the cluster is embedded in this process (--local). Set: the cluster is the
+  /// nodes that join, as with `duet controller`.
+  std::string nodes_listen;
+  int nodes = 2;                     ///< nodes to wait for (with nodes_listen)
+  int nodes_join_timeout_ms = 30000; ///< how long to wait for them, then fail
+  int nodes_split = 1;               ///< prefill shards per pipeline over joined nodes
+  std::set<std::string> given;       ///< flags set by any source (flag, environment, file)
 };
 
 /// One configurable option, in every form it can be given.
@@ -73,6 +83,10 @@ serve_config resolve_serve_config(const std::string& models_dir, const option_va
 
 /// The Markdown table of docs/configuration.md.
 std::string config_markdown_table(const std::string& models_dir_shown);
+
+/// "HOST:PORT" into its parts (port 0..65535; HOST may be a name or an address); throws
+/// std::invalid_argument.
+std::pair<std::string, int> parse_host_port(const std::string& text);
 
 /// "auto" | "integrated" | "disaggregated".
 actors::placement_mode parse_placement(const std::string& text);

@@ -1,0 +1,367 @@
+// `duet serve --nodes-listen`: the OpenAI HTTP API in front of a multi-process cluster. The real
+// binary runs `duet serve` (the controller) and `duet node` processes (a prefill node and a
+// decode node; KV moves between them over zmq+tcp or fabric+shm); requests go over real HTTP.
+// References come from the engine's own greedy loop and from `duet generate`. Every wait is
+// bounded; every child process is stopped and reaped by its destructor.
+#include "apps/config.hpp"
+#include "engine/forward.hpp"
+#include "engine/kv_cache.hpp"
+#include "engine/model_file.hpp"
+#include "engine/sampler.hpp"
+#include "http_test_client.hpp"
+#include "prometheus_text.hpp"
+#include "tests/support/models.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <fcntl.h>
+#include <fstream>
+#include <memory>
+#include <optional>
+#include <poll.h>
+#include <spawn.h>
+#include <sstream>
+#include <string>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+extern char** environ;
+
+using json = nlohmann::json;
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+/// Bound of every wait: generous for ASan on a busy 2-core machine; a healthy step takes well
+/// under a second.
+constexpr std::chrono::seconds step_timeout{60};
+
+/// A `duet` child process: stdout on a pipe read line by line, stderr into a log file (shown
+/// when a check fails). The destructor SIGKILLs and reaps it if it still runs.
+class duet_process {
+public:
+  explicit duet_process(std::vector<std::string> args) {
+    log_path_ = "/tmp/duet-serve-mp-test-" + std::to_string(getpid()) + "-" +
+                std::to_string(counter()++) + ".log";
+    int out[2];
+    REQUIRE(pipe2(out, O_CLOEXEC) == 0);
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_adddup2(&actions, out[1], STDOUT_FILENO);
+    posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, log_path_.c_str(),
+                                     O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    args.insert(args.begin(), DUET_BINARY_DIR "/duet");
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    int rc = posix_spawn(&pid_, argv[0], &actions, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
+    close(out[1]);
+    out_ = out[0];
+    if (rc != 0) FAIL("cannot start " << argv[0] << ": " << std::strerror(rc));
+  }
+  duet_process(const duet_process&) = delete;
+  duet_process& operator=(const duet_process&) = delete;
+
+  ~duet_process() {
+    if (pid_ > 0) {
+      ::kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+    }
+    if (out_ >= 0) close(out_);
+    std::remove(log_path_.c_str());
+  }
+
+  /// Reads stdout until a line starting with `prefix`; the rest of that line, or nullopt at
+  /// end of output or after the timeout.
+  std::optional<std::string> wait_for_line(const std::string& prefix) {
+    const auto deadline = clock_type::now() + step_timeout;
+    while (true) {
+      for (auto nl = buffer_.find('\n'); nl != std::string::npos; nl = buffer_.find('\n')) {
+        auto line = buffer_.substr(0, nl);
+        buffer_.erase(0, nl + 1);
+        if (line.rfind(prefix, 0) == 0) return line.substr(prefix.size());
+      }
+      auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock_type::now());
+      if (left.count() <= 0) return std::nullopt;
+      pollfd p{out_, POLLIN, 0};
+      if (poll(&p, 1, int(left.count())) <= 0) continue;
+      char chunk[4096];
+      auto n = ::read(out_, chunk, sizeof chunk);
+      if (n <= 0) return std::nullopt;
+      buffer_.append(chunk, std::size_t(n));
+    }
+  }
+
+  void signal(int sig) { ::kill(pid_, sig); }
+
+  /// Waits (bounded) for the process to exit: its exit status (128 + signal if killed by
+  /// one), or -1 if it still runs.
+  int wait_exit() {
+    const auto deadline = clock_type::now() + step_timeout;
+    while (clock_type::now() < deadline) {
+      int status = 0;
+      if (waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return -1;
+  }
+
+  /// What the process wrote to stderr so far.
+  std::string log() const {
+    std::ifstream in{log_path_};
+    std::stringstream s;
+    s << in.rdbuf();
+    return s.str();
+  }
+
+private:
+  static int& counter() {
+    static int n = 0;
+    return n;
+  }
+  pid_t pid_ = -1;
+  int out_ = -1;
+  std::string buffer_;
+  std::string log_path_;
+};
+
+std::vector<std::string> model_args() {
+  return {"--model", duet::test::model_file("stories260K.bin"), "--tokenizer",
+          duet::test::model_file("tok512.bin")};
+}
+
+std::vector<std::string> with(std::vector<std::string> a, const std::vector<std::string>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+/// A node process joining `address` with `role`, KV over `transport`.
+std::unique_ptr<duet_process> start_node(const std::string& address, const std::string& role,
+                                         const std::string& transport) {
+  return std::make_unique<duet_process>(
+      with({"node", "--join", address, "--role", role, "--transport", transport}, model_args()));
+}
+
+/// Greedy tokens of the engine alone, as `duet generate --temperature 0` computes them.
+std::vector<int> engine_greedy(const std::string& prompt_text, int steps) {
+  using namespace duet::engine;
+  auto model =
+      open_model(duet::test::model_file("stories260K.bin"), duet::test::model_file("tok512.bin"));
+  const auto& cfg = model.weights->config;
+  runner run(*model.weights, runner_options{1, 64});
+  auto kv_cfg = kv_cache_config::for_model(cfg, 0, cfg.n_layers, 0, dtype::f32);
+  kv_cfg.blocks_max = kv_cfg.blocks_for(1);
+  kv_cache kv(kv_cfg);
+  auto prompt = model.tok.encode(prompt_text, true);
+  const seq_id seq = 1;
+  kv.seq_add(seq);
+  kv.seq_reserve(seq, static_cast<int>(prompt.size()));
+  std::vector<float> logits(static_cast<std::size_t>(cfg.vocab_size)); // [vocab]
+  run.prefill(kv, seq, 0, prompt, logits);
+  sampler greedy(sampler_config{}, cfg.vocab_size);
+  std::vector<int> out;
+  int pos = static_cast<int>(prompt.size()) - 1;
+  while (static_cast<int>(out.size()) < steps) {
+    int next = greedy.sample(logits);
+    out.push_back(next);
+    if (next == model.tok.bos_id() || next == model.tok.eos_id()) break;
+    ++pos;
+    kv.seq_reserve(seq, pos + 1);
+    decode_item item{seq, next, pos};
+    run.decode_batch(kv, std::span(&item, 1), logits);
+  }
+  return out;
+}
+
+/// `duet generate`'s greedy output: the prompt, the completion, a newline.
+std::string run_generate(const std::string& prompt, int steps) {
+  std::string cmd = std::string{DUET_BINARY_DIR} + "/duet generate --model " +
+                    duet::test::model_file("stories260K.bin") + " --tokenizer " +
+                    duet::test::model_file("tok512.bin") + " --temperature 0 -n " +
+                    std::to_string(steps) + " --prompt '" + prompt + "' 2>/dev/null";
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  REQUIRE(p != nullptr);
+  char buf[4096];
+  for (std::size_t n; (n = fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
+  REQUIRE(pclose(p) == 0);
+  return out;
+}
+
+duet::apps::option_values with_flag(duet::apps::option_values values, const std::string& flag,
+                                    const std::string& value) {
+  values[flag] = {value};
+  return values;
+}
+
+struct streamed {
+  std::string text;
+  std::vector<int> ids;
+  std::string finish;
+  bool done = false;
+};
+
+streamed collect(const duet::test::sse_answer& a) {
+  streamed s;
+  for (const auto& d : a.data) {
+    if (d == "[DONE]") {
+      s.done = true;
+      continue;
+    }
+    auto c = json::parse(d);
+    if (c["choices"].empty()) continue;
+    const auto& ch = c["choices"][0];
+    s.text += ch["text"].get<std::string>();
+    if (ch.contains("token_ids"))
+      for (int t : ch["token_ids"]) s.ids.push_back(t);
+    if (!ch["finish_reason"].is_null()) s.finish = ch["finish_reason"];
+  }
+  return s;
+}
+
+} // namespace
+
+TEST_CASE("duet serve --nodes-listen serves a prefill node and a decode node process with the "
+          "greedy tokens of the engine and of duet generate") {
+  const std::string transport = GENERATE(as<std::string>{}, "zmq+tcp", "fabric+shm");
+  INFO("node transport " << transport);
+  const std::string prompt = "Once upon a time";
+  const int steps = 40;
+  const auto reference = engine_greedy(prompt, steps);
+  REQUIRE(reference.size() == static_cast<std::size_t>(steps)); // no early stop: unambiguous
+
+  // Disaggregated placement: every request's KV crosses from the prefill node process to the
+  // decode node process.
+  duet_process serve{with({"serve", "--nodes-listen", "127.0.0.1:0", "--nodes", "2", "--port", "0",
+                           "--placement", "disaggregated"},
+                          model_args())};
+  auto address = serve.wait_for_line("nodes listening on ");
+  INFO("serve log:\n" << serve.log());
+  REQUIRE(address);
+  auto prefill = start_node(*address, "prefill", transport);
+  auto decode = start_node(*address, "decode", transport);
+  auto url = serve.wait_for_line("listening on http://127.0.0.1:");
+  INFO("serve log:\n" << serve.log());
+  REQUIRE(url);
+  const int port = std::stoi(*url);
+  CHECK(duet::test::http_get(port, "/ready").status == 200);
+
+  const std::string body = json{
+      {"model", "stories260K"},
+      {"prompt", prompt},
+      {"max_tokens", steps},
+      {"temperature", 0},
+      {"return_token_ids",
+       true}}.dump();
+  auto plain = duet::test::http_post(port, "/v1/completions", body);
+  INFO(plain.body);
+  REQUIRE(plain.status == 200);
+  auto pj = plain.json();
+  CHECK(pj["choices"][0]["token_ids"].get<std::vector<int>>() == reference);
+  CHECK(pj["choices"][0]["finish_reason"] == "length");
+  CHECK(pj["usage"]["completion_tokens"] == steps);
+  const std::string text = pj["choices"][0]["text"];
+  CHECK(run_generate(prompt, steps) == prompt + text + "\n");
+
+  auto stream_body = json::parse(body);
+  stream_body["stream"] = true;
+  auto s = collect(duet::test::http_stream(port, "/v1/completions", stream_body.dump()));
+  CHECK(s.done);
+  CHECK(s.ids == reference);
+  CHECK(s.text == text);
+  CHECK(s.finish == "length");
+
+  // The controller placed both requests disaggregated (on the two node processes).
+  auto m = duet::test::parse_prometheus_text(duet::test::http_get(port, "/metrics").body);
+  CHECK(m.value("duet_placement_decisions_total", {{"mode", "disaggregated"}}) == 2);
+  CHECK(m.value("duet_requests_total", {{"outcome", "length"}}) == 2);
+
+  // SIGTERM: serve stops cleanly, and the nodes return once their controller is gone.
+  serve.signal(SIGTERM);
+  CHECK(serve.wait_exit() == 0);
+  INFO("prefill node log:\n" << prefill->log() << "decode node log:\n" << decode->log());
+  CHECK(prefill->wait_exit() == 0);
+  CHECK(decode->wait_exit() == 0);
+}
+
+TEST_CASE("duet serve --nodes-listen exits with a clear error when a node does not join in time") {
+  duet_process serve{with({"serve", "--nodes-listen", "127.0.0.1:0", "--nodes", "2", "--port", "0",
+                           "--nodes-join-timeout-ms", "500"},
+                          model_args())};
+  auto address = serve.wait_for_line("nodes listening on ");
+  INFO("serve log:\n" << serve.log());
+  REQUIRE(address);
+  // One node joins; the second never comes.
+  auto decode = start_node(*address, "decode", "zmq+tcp");
+  CHECK(serve.wait_exit() == 1);
+  const auto log = serve.log();
+  INFO("serve log:\n" << log);
+  CHECK(log.find("duet: error: controller: 1 of 2 nodes joined within 500 ms") !=
+        std::string::npos);
+  CHECK(log.find("duet node --join " + *address) != std::string::npos);
+  CHECK(log.find("listening on http://") == std::string::npos);
+  // The node that joined returns once the controller is gone.
+  INFO("node log:\n" << decode->log());
+  CHECK(decode->wait_exit() == 0);
+}
+
+TEST_CASE("duet serve --nodes-listen stops cleanly on SIGTERM while it waits for nodes") {
+  duet_process serve{with({"serve", "--nodes-listen", "127.0.0.1:0", "--nodes", "1", "--port", "0",
+                           "--nodes-join-timeout-ms", "600000"},
+                          model_args())};
+  REQUIRE(serve.wait_for_line("nodes listening on "));
+  serve.signal(SIGTERM);
+  CHECK(serve.wait_exit() == 0); // bounded by the test's wait, far below the join timeout
+  INFO("serve log:\n" << serve.log());
+  CHECK(serve.log().find("event=stopped") != std::string::npos);
+}
+
+TEST_CASE("duet serve refuses embedded-cluster options together with --nodes-listen and node "
+          "options without it") {
+  auto no_env = [](const char*) -> const char* { return nullptr; };
+  auto refused = [&](const duet::apps::option_values& flags, const std::string& expected) {
+    try {
+      (void)duet::apps::resolve_serve_config("/m", flags, "", no_env);
+      FAIL("no error, expected: " << expected);
+    } catch (const std::runtime_error& e) {
+      INFO(e.what());
+      CHECK(std::string{e.what()}.find(expected) != std::string::npos);
+    }
+  };
+  const duet::apps::option_values listen = {{"--nodes-listen", {"127.0.0.1:0"}}};
+  refused(with_flag(listen, "--local", "prefill=2,decode=1"),
+          "--local is for the embedded cluster");
+  refused(with_flag(listen, "--transport", "zmq+tcp"), "--transport is for the embedded cluster");
+  refused(with_flag(listen, "--engine-threads", "2"), "--engine-threads is for the embedded");
+  refused({{"--nodes", {"3"}}}, "--nodes only applies with --nodes-listen");
+  refused({{"--nodes-split", {"2"}}}, "--nodes-split only applies with --nodes-listen");
+  refused({{"--nodes-listen", {"localhost"}}}, "--nodes-listen: expected HOST:PORT");
+  refused({{"--nodes-listen", {"127.0.0.1:99999"}}}, "--nodes-listen: bad port");
+
+  auto c = duet::apps::resolve_serve_config("/m",
+                                            {{"--nodes-listen", {"0.0.0.0:7100"}},
+                                             {"--nodes", {"3"}},
+                                             {"--nodes-join-timeout-ms", {"1500"}},
+                                             {"--nodes-split", {"2"}}},
+                                            "", no_env);
+  CHECK(c.nodes_listen == "0.0.0.0:7100");
+  CHECK(c.nodes == 3);
+  CHECK(c.nodes_join_timeout_ms == 1500);
+  CHECK(c.nodes_split == 2);
+  CHECK(duet::apps::parse_host_port(c.nodes_listen) ==
+        std::pair<std::string, int>{"0.0.0.0", 7100});
+  auto d = duet::apps::resolve_serve_config("/m", {}, "", no_env);
+  CHECK(d.nodes_listen.empty()); // embedded by default
+}
