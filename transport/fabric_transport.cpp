@@ -94,13 +94,27 @@ std::uint64_t write_token(std::uint64_t stream_id, std::uint64_t sequence) {
   return stream_id << 32 ^ (sequence & 0xffffffffu);
 }
 
+/// The tag of a segment's payload message in tagged mode: the top bit keeps it apart from
+/// ctrl_tag; 31 bits of the (random) stream id and 32 of the sequence name the segment, so a
+/// receive posted for one segment matches nothing else (a duplicate carries the same tag and
+/// the same bytes, and matches in order).
+std::uint64_t payload_tag(std::uint64_t stream_id, std::uint64_t sequence) {
+  return std::uint64_t{1} << 63 | (stream_id & 0x7fffffffu) << 32 | (sequence & 0xffffffffu);
+}
+
 /// One operation with a completion: fi_context2 first, as FI_CONTEXT2 mode requires.
 struct fabric_op {
   fi_context2 ctx{};
-  enum kind_t { ctrl_recv, rma_write } kind = ctrl_recv;
+  enum kind_t {
+    ctrl_recv,    ///< a posted control receive (index says which buffer)
+    payload_send, ///< an RMA write or a tagged payload send
+    payload_recv, ///< tagged mode: a payload receive posted into the window
+    discard_recv, ///< tagged mode: swallows the payload of an envelope that was rejected
+  } kind = ctrl_recv;
   std::size_t index = 0; ///< ctrl_recv: which buffer
   bool done = false;
   int err = 0;
+  std::size_t len = 0; ///< receives: bytes that arrived
 };
 
 /// Waiting for completions: spin briefly, then yield for a couple of milliseconds (a peer
@@ -129,15 +143,12 @@ class fabric_endpoint {
 public:
   ~fabric_endpoint() { close(); }
 
-  result<void> open(const address& a) {
+  /// Opens for `mode`: automatic asks for FI_RMA (with 8 bytes of remote CQ data) and falls
+  /// back to a tagged-only endpoint when the provider does not offer it; rma insists; tagged
+  /// never asks. rma() says which one opened.
+  result<void> open(const address& a, options::fabric_payload_mode mode) {
+    using mode_t = options::fabric_payload_mode;
     flavor_ = a.flavor;
-    fi_info* hints = fi_allocinfo();
-    if (hints == nullptr) return fail(errc::internal, "fi_allocinfo");
-    hints->ep_attr->type = FI_EP_RDM;
-    hints->caps = FI_TAGGED | FI_RMA | FI_MSG;
-    hints->mode = FI_CONTEXT | FI_CONTEXT2;
-    hints->domain_attr->mr_mode = FI_MR_LOCAL | FI_MR_VIRT_ADDR | FI_MR_ALLOCATED | FI_MR_PROV_KEY;
-    hints->fabric_attr->prov_name = strdup(provider_name(a.flavor));
     std::string node, service;
     if (!a.location.empty()) {
       auto colon = a.location.rfind(':');
@@ -145,18 +156,34 @@ public:
       if (colon != std::string::npos) service = a.location.substr(colon + 1);
       if (service == "0") service.clear();
     }
-    int rc = fi_getinfo(FI_VERSION(1, 17), node.empty() ? nullptr : node.c_str(),
-                        service.empty() ? nullptr : service.c_str(), node.empty() ? 0 : FI_SOURCE,
-                        hints, &info_);
-    fi_freeinfo(hints);
-    if (rc != 0)
-      return fail(errc::backend_unavailable,
-                  "fabric+" + a.flavor + ": libfabric provider '" + provider_name(a.flavor) +
-                      "' is not available here (fi_getinfo: " + fi_error(rc) +
-                      "); it needs its hardware (verbs: an RDMA NIC, efa: an AWS EFA device)");
-    if ((info_->caps & FI_RMA) == 0 || info_->domain_attr->cq_data_size < 8)
-      return fail(errc::backend_unavailable,
-                  "fabric+" + a.flavor + ": provider lacks FI_RMA with 8 bytes of remote CQ data");
+    int rc = -FI_ENODATA;
+    std::string no_rma; // why RMA was not taken (for the forced-rma error)
+    if (mode != mode_t::tagged) {
+      rc = get_info(node, service, FI_RMA);
+      if (rc == 0 && ((info_->caps & FI_RMA) == 0 || info_->domain_attr->cq_data_size < 8)) {
+        no_rma = "it offers FI_RMA with only " + std::to_string(info_->domain_attr->cq_data_size) +
+                 " bytes of remote CQ data";
+        fi_freeinfo(info_);
+        info_ = nullptr;
+        rc = -FI_ENODATA;
+      } else if (rc != 0) {
+        no_rma = "fi_getinfo with FI_RMA: " + fi_error(rc);
+      }
+      rma_ = rc == 0;
+    }
+    if (rc != 0) {
+      rc = get_info(node, service, 0); // the tagged-message endpoint
+      if (rc != 0)
+        return fail(errc::backend_unavailable,
+                    "fabric+" + a.flavor + ": libfabric provider '" + provider_name(a.flavor) +
+                        "' is not available here (fi_getinfo: " + fi_error(rc) +
+                        "); it needs its hardware (verbs: an RDMA NIC, efa: an AWS EFA device)");
+      if (mode == mode_t::rma)
+        return fail(errc::backend_unavailable,
+                    "fabric+" + a.flavor + ": libfabric provider '" + provider_name(a.flavor) +
+                        "' has no usable RMA (" + no_rma +
+                        ") and options.fabric_payload = rma; use automatic or tagged");
+    }
     if ((rc = fi_fabric(info_->fabric_attr, &fabric_, nullptr)) != 0)
       return failed("fi_fabric", rc);
     if ((rc = fi_domain(fabric_, info_, &domain_, nullptr)) != 0) return failed("fi_domain", rc);
@@ -182,9 +209,33 @@ public:
     return {};
   }
 
-  void close() {
+  /// fi_getinfo for an RDM endpoint of this provider with FI_TAGGED | FI_MSG | `extra_caps`;
+  /// fills info_ on success.
+  int get_info(const std::string& node, const std::string& service, std::uint64_t extra_caps) {
+    fi_info* hints = fi_allocinfo();
+    if (hints == nullptr) return -FI_ENOMEM;
+    hints->ep_attr->type = FI_EP_RDM;
+    hints->caps = FI_TAGGED | FI_MSG | extra_caps;
+    hints->mode = FI_CONTEXT | FI_CONTEXT2;
+    hints->domain_attr->mr_mode = FI_MR_LOCAL | FI_MR_VIRT_ADDR | FI_MR_ALLOCATED | FI_MR_PROV_KEY;
+    hints->fabric_attr->prov_name = strdup(provider_name(flavor_));
+    int rc = fi_getinfo(FI_VERSION(1, 17), node.empty() ? nullptr : node.c_str(),
+                        service.empty() ? nullptr : service.c_str(), node.empty() ? 0 : FI_SOURCE,
+                        hints, &info_);
+    fi_freeinfo(hints);
+    if (rc != 0) info_ = nullptr;
+    return rc;
+  }
+
+  /// Closes the endpoint alone (cancelling its posted receives) so that the memory they
+  /// point into may be deregistered before close() takes the domain down.
+  void close_endpoint() {
     if (ep_ != nullptr) fi_close(&ep_->fid);
     ep_ = nullptr;
+  }
+
+  void close() {
+    close_endpoint();
     if (ctrl_mr_ != nullptr) fi_close(&ctrl_mr_->fid);
     ctrl_mr_ = nullptr;
     if (av_ != nullptr) fi_close(&av_->fid);
@@ -248,7 +299,8 @@ public:
     }
   }
 
-  /// Reads completions: control frames go to on_ctrl(bytes), RMA writes are marked done.
+  /// Reads completions: control frames go to on_ctrl(bytes), payload operations are marked
+  /// done (receives with their length or error).
   /// Returns how many completions were read, or an error from the CQ.
   template <class OnCtrl>
   result<int> poll(OnCtrl&& on_ctrl) {
@@ -264,6 +316,15 @@ public:
         if (auto r = post_ctrl(op->index); !r) return r.err();
         return fail(errc::malformed,
                     "fabric+" + flavor_ + ": control frame error: " + fi_error(e.err));
+      }
+      if (op != nullptr &&
+          (op->kind == fabric_op::payload_recv || op->kind == fabric_op::discard_recv)) {
+        // A payload longer than its receive (FI_ETRUNC) or a cancelled one: the receiver
+        // reports it for that segment, in order; the endpoint carries on.
+        op->done = true;
+        op->err = e.err;
+        op->len = e.len;
+        return 1;
       }
       if (op != nullptr) {
         op->done = true;
@@ -284,6 +345,7 @@ public:
         if (auto r = post_ctrl(op->index); !r) return r.err();
       } else {
         op->done = true;
+        op->len = entries[i].len;
       }
     }
     return static_cast<int>(n);
@@ -313,6 +375,8 @@ public:
   fid_ep* ep() { return ep_; }
   fid_domain* domain() { return domain_; }
   const std::string& flavor() const { return flavor_; }
+  /// True when the endpoint opened with FI_RMA and 8 bytes of remote CQ data.
+  bool rma() const { return rma_; }
 
 private:
   std::string flavor_;
@@ -326,6 +390,7 @@ private:
   std::unique_ptr<std::byte[]> ctrl_;
   std::vector<fabric_op> ctrl_ops_;
   std::multiset<std::uint64_t> landed_;
+  bool rma_ = false;
 };
 
 // -- receiver ----------------------------------------------------------------------------------
@@ -341,6 +406,7 @@ struct fabric_ring {
   std::mutex mu;
   std::deque<entry> entries;
   std::uint64_t grant_pending = 0; ///< freed bytes not yet sent back as credit
+  std::uint64_t freed_total = 0;   ///< virtual offset up to which the ring is free again
 
   void release(std::uint64_t start) {
     std::lock_guard lock(mu);
@@ -348,6 +414,7 @@ struct fabric_ring {
       if (e.start == start) e.released = true;
     while (!entries.empty() && entries.front().released) {
       grant_pending += entries.front().consumed;
+      freed_total += entries.front().consumed;
       entries.pop_front();
     }
   }
@@ -358,8 +425,18 @@ struct fabric_stream {
   fi_addr_t peer = FI_ADDR_UNSPEC;
   std::uint64_t window_bytes = 0;
   std::uint64_t head = 0; ///< virtual offset of the next expected region
+  bool tagged = false;    ///< payloads arrive as tagged messages (else RMA writes)
   fid_mr* mr = nullptr;
   std::shared_ptr<fabric_ring> ring;
+};
+
+/// An envelope whose payload has not landed yet.
+struct fabric_arrival {
+  messages::kv_envelope env;
+  /// Tagged mode: the region's virtual ring offset (allocated when the envelope arrived) and
+  /// the receive posted into it (null until posted).
+  std::uint64_t start = 0;
+  std::unique_ptr<fabric_op> recv;
 };
 
 class fabric_receiver final : public receiver {
@@ -367,13 +444,14 @@ public:
   explicit fabric_receiver(const options& opts) : opts_(opts), checker_(opts_) {}
 
   ~fabric_receiver() override {
+    ep_.close_endpoint(); // cancels posted payload receives before their windows go
     for (auto& [id, st] : streams_)
       if (st.mr != nullptr) fi_close(&st.mr->fid);
     ep_.close();
   }
 
   result<void> open(const transport::address& at) {
-    if (auto r = ep_.open(at); !r) return r;
+    if (auto r = ep_.open(at, opts_.fabric_payload); !r) return r;
     transport::address concrete = at;
     concrete.fabric_name_hex = to_hex(ep_.name());
     address_ = concrete.to_string();
@@ -398,7 +476,9 @@ public:
         if (r.ok() || r.code() != errc::ok) ready_.push_back(std::move(r));
       });
       if (!n) return arrival_checker::reject(stats_, n.code(), n.err().context);
+      discards_.remove_if([](const fabric_op& op) { return op.done; });
       drain_waiting();
+      if (auto r = post_receives(); !r) return r.err();
       idle = *n == 0;
       if (!idle) {
         wait.reset();
@@ -414,6 +494,11 @@ public:
   const counters& stats() const override { return stats_; }
 
 private:
+  /// Tagged mode: payload receives kept posted at most (the window bounds their bytes; the
+  /// count bounds the provider's posted-receive queue and our bookkeeping; 64 matches the
+  /// sender's sends in flight). Envelopes beyond it wait, in order, for a slot.
+  static constexpr std::size_t payload_recvs_max = 64;
+
   /// Returns freed window bytes to their senders: batched (a quarter window at a time) while
   /// completions keep coming, everything once idle (`all`).
   result<void> send_grants(std::chrono::steady_clock::time_point deadline, bool all) {
@@ -446,64 +531,185 @@ private:
       (void)bye;
       return error{errc::ok, {}};
     }
+    if (auto* e = std::get_if<messages::error_info>(&*frame)) {
+      // A sender that cannot use this stream (its payload mode differs from ours) says why.
+      const errc code =
+          e->code > 0 && e->code < errc_count ? static_cast<errc>(e->code) : errc::internal;
+      return fail(code, address_ + ": the sender reports: " + e->context);
+    }
     auto* env = std::get_if<messages::kv_envelope>(&*frame);
     if (env == nullptr)
       return arrival_checker::reject(stats_, errc::malformed, address_ + ": unexpected frame kind");
+    if (!ep_.rma()) return on_tagged_envelope(std::move(*env));
     // The envelope may overtake its RMA write: it waits for the write's token.
-    waiting_.push_back(std::move(*env));
+    waiting_.push_back({std::move(*env), 0, nullptr});
     return error{errc::ok, {}};
   }
 
-  /// Hands out envelopes whose writes have landed, in arrival order.
+  /// Tagged mode: the envelope comes first; its region is taken from the ring now and a
+  /// receive is posted into it (post_receives) on the segment's payload tag.
+  result<segment> on_tagged_envelope(messages::kv_envelope env) {
+    auto it = streams_.find(env.stream_id);
+    if (it == streams_.end()) {
+      discard(env);
+      return arrival_checker::reject(stats_, errc::malformed,
+                                     address_ + ": segment for unknown stream " +
+                                         std::to_string(env.stream_id));
+    }
+    auto start = take_region(it->second, env);
+    if (!start) {
+      discard(env);
+      return start.err();
+    }
+    waiting_.push_back({std::move(env), *start, nullptr});
+    return error{errc::ok, {}};
+  }
+
+  /// Swallows the payload message of a rejected envelope (a zero-length receive on its tag
+  /// completes with FI_ETRUNC), so its sender's send completes instead of hanging.
+  void discard(const messages::kv_envelope& env) {
+    if (env.placement != messages::payload_placement::remote_region) return;
+    auto& op = discards_.emplace_back();
+    op.kind = fabric_op::discard_recv;
+    ssize_t rc = fi_trecv(ep_.ep(), nullptr, 0, nullptr, FI_ADDR_UNSPEC,
+                          payload_tag(env.stream_id, env.sequence), 0, &op.ctx);
+    if (rc != 0) discards_.pop_back(); // best effort: the sender's flush then times out
+  }
+
+  /// Posts payload receives for waiting envelopes, in order, up to payload_recvs_max. The
+  /// posted ones are always a prefix of waiting_ (posted_ long).
+  result<void> post_receives() {
+    if (ep_.rma()) return {};
+    while (posted_ < waiting_.size() && posted_ < payload_recvs_max) {
+      auto& a = waiting_[posted_];
+      auto it = streams_.find(a.env.stream_id);
+      a.recv = std::make_unique<fabric_op>();
+      a.recv->kind = fabric_op::payload_recv;
+      if (it == streams_.end()) { // the stream was replaced: nothing to receive into
+        a.recv->done = true;
+        a.recv->err = FI_ECANCELED;
+        ++posted_;
+        continue;
+      }
+      auto& st = it->second;
+      ssize_t rc = fi_trecv(ep_.ep(), st.ring->memory.get() + a.env.remote_offset,
+                            a.env.remote_length, ep_.desc(st.mr), FI_ADDR_UNSPEC,
+                            payload_tag(a.env.stream_id, a.env.sequence), 0, &a.recv->ctx);
+      if (rc == -FI_EAGAIN) { // the provider's queue is full: try again on the next pass
+        a.recv.reset();
+        return {};
+      }
+      if (rc != 0) {
+        a.recv->done = true;
+        a.recv->err = static_cast<int>(-rc);
+      }
+      ++posted_;
+    }
+    return {};
+  }
+
+  /// Hands out envelopes whose payloads have landed, in arrival order.
   void drain_waiting() {
     while (!waiting_.empty()) {
-      auto& landed = ep_.landed();
-      auto tok = landed.find(write_token(waiting_.front().stream_id, waiting_.front().sequence));
-      if (tok == landed.end()) return;
-      landed.erase(tok);
-      auto env = std::move(waiting_.front());
+      auto& front = waiting_.front();
+      if (ep_.rma()) {
+        auto& landed = ep_.landed();
+        auto tok = landed.find(write_token(front.env.stream_id, front.env.sequence));
+        if (tok == landed.end()) return;
+        landed.erase(tok);
+      } else {
+        if (front.recv == nullptr || !front.recv->done) return;
+        --posted_;
+      }
+      auto a = std::move(front);
       waiting_.pop_front();
-      auto r = on_segment(&env);
+      auto r = ep_.rma() ? on_segment(a.env) : on_tagged_landed(a);
       if (r.ok() || r.code() != errc::ok) ready_.push_back(std::move(r));
     }
   }
 
-  result<segment> on_segment(const messages::kv_envelope* env) {
-    auto it = streams_.find(env->stream_id);
-    if (it == streams_.end())
+  /// Where the sender must have put a region of `env`, by the ring rule (contiguous, in
+  /// order, the tail skipped when the region does not fit before the end) and within the
+  /// credit granted; takes it from the ring. Returns its virtual start.
+  result<std::uint64_t> take_region(fabric_stream& st, const messages::kv_envelope& env) {
+    if (env.placement != messages::payload_placement::remote_region)
       return arrival_checker::reject(stats_, errc::malformed,
-                                     address_ + ": segment for unknown stream " +
-                                         std::to_string(env->stream_id));
-    auto& st = it->second;
-    if (env->placement != messages::payload_placement::remote_region)
-      return arrival_checker::reject(stats_, errc::malformed,
-                                     address_ + ": fabric segments arrive by RMA (remote region)");
-    // Where the sender must have written, by the ring rule.
-    const std::uint64_t w = st.window_bytes, len = env->remote_length;
+                                     address_ + ": fabric segments name their window region");
+    const std::uint64_t w = st.window_bytes, len = env.remote_length;
     const std::uint64_t pos = st.head % w;
     std::uint64_t pad = 0;
-    if (env->remote_offset == pos && pos + len <= w) {
+    if (env.remote_offset == pos && pos + len <= w) {
       pad = 0;
-    } else if (env->remote_offset == 0 && pos + len > w) {
+    } else if (env.remote_offset == 0 && pos + len > w) {
       pad = w - pos;
     } else {
       return arrival_checker::reject(stats_, errc::malformed,
                                      address_ + ": remote region at " +
-                                         std::to_string(env->remote_offset) +
+                                         std::to_string(env.remote_offset) +
                                          " breaks the ring (expected " + std::to_string(pos) + ")");
     }
     const std::uint64_t start = st.head;
-    st.head += pad + len;
     {
       std::lock_guard lock(st.ring->mu);
+      if (start + pad + len - st.ring->freed_total > w)
+        return arrival_checker::reject(stats_, errc::oversized,
+                                       address_ + ": a region of " + std::to_string(pad + len) +
+                                           " bytes exceeds the credit granted (" +
+                                           std::to_string(w - (start - st.ring->freed_total)) +
+                                           " bytes free)");
       st.ring->entries.push_back({start, pad + len, false});
     }
-    std::byte* data = st.ring->memory.get() + env->remote_offset;
+    st.head += pad + len;
+    return start;
+  }
+
+  /// A buffer over `len` bytes of the window at `offset` whose release frees the ring region
+  /// that starts at virtual offset `start`.
+  static buffer window_buffer(const fabric_stream& st, std::uint64_t start, std::uint64_t offset,
+                              std::size_t len) {
+    std::byte* data = st.ring->memory.get() + offset;
     std::shared_ptr<void> owner(data, [ring = st.ring, start](void*) { ring->release(start); });
-    buffer payload = buffer::share(std::move(owner), data, len);
-    auto ok = checker_.check(env->stream_id, *env, payload.bytes(), stats_);
+    return buffer::share(std::move(owner), data, len);
+  }
+
+  /// RMA mode: the write has landed; take its region and check the bytes in place.
+  result<segment> on_segment(const messages::kv_envelope& env) {
+    auto it = streams_.find(env.stream_id);
+    if (it == streams_.end())
+      return arrival_checker::reject(stats_, errc::malformed,
+                                     address_ + ": segment for unknown stream " +
+                                         std::to_string(env.stream_id));
+    auto& st = it->second;
+    auto start = take_region(st, env);
+    if (!start) return start.err();
+    buffer payload = window_buffer(st, *start, env.remote_offset, env.remote_length);
+    auto ok = checker_.check(env.stream_id, env, payload.bytes(), stats_);
     if (!ok) return ok.err();
-    return segment{env->header, std::move(payload)};
+    return segment{env.header, std::move(payload)};
+  }
+
+  /// Tagged mode: the payload receive completed; check the bytes in place.
+  result<segment> on_tagged_landed(const fabric_arrival& a) {
+    const auto& env = a.env;
+    auto it = streams_.find(env.stream_id);
+    if (it == streams_.end())
+      return arrival_checker::reject(stats_, errc::malformed,
+                                     address_ + ": stream " + std::to_string(env.stream_id) +
+                                         " was replaced before its payload arrived");
+    // The buffer frees the region whatever the verdict (dropping it returns the credit).
+    const std::size_t len = a.recv->err == 0 ? a.recv->len : env.remote_length;
+    buffer payload = window_buffer(it->second, a.start, env.remote_offset, len);
+    if (a.recv->err == FI_ETRUNC)
+      return arrival_checker::reject(stats_, errc::truncated,
+                                     address_ + ": the payload message is longer than the " +
+                                         std::to_string(env.remote_length) +
+                                         " bytes its envelope announced");
+    if (a.recv->err != 0)
+      return arrival_checker::reject(
+          stats_, errc::peer_dead, address_ + ": payload receive failed: " + fi_error(a.recv->err));
+    auto ok = checker_.check(env.stream_id, env, payload.bytes(), stats_);
+    if (!ok) return ok.err();
+    return segment{env.header, std::move(payload)};
   }
 
   result<segment> on_hello(const messages::stream_hello& hello) {
@@ -513,6 +719,7 @@ private:
     st.id = hello.stream_id;
     st.peer = *peer;
     st.window_bytes = opts_.window_bytes;
+    st.tagged = !ep_.rma();
     st.ring = std::make_shared<fabric_ring>();
     void* mem = std::aligned_alloc(4096, (opts_.window_bytes + 4095) / 4096 * 4096);
     if (mem == nullptr) return fail(errc::internal, address_ + ": cannot allocate the window");
@@ -522,9 +729,24 @@ private:
     std::memset(mem, 0, opts_.window_bytes);
     st.ring->memory = std::shared_ptr<std::byte>(static_cast<std::byte*>(mem),
                                                  [](std::byte* p) { std::free(p); });
-    if (auto r = ep_.reg(mem, opts_.window_bytes, FI_REMOTE_WRITE, &st.mr); !r) return r.err();
-    const std::uint64_t addr = ep_.virt_addr() ? reinterpret_cast<std::uint64_t>(mem) : 0;
-    const std::uint64_t key = fi_mr_key(st.mr);
+    // RMA: the sender writes with our key, and key 0 tells it "tagged" (Credit.windowKey),
+    // so a provider key of 0 is traded for another. Tagged: we receive into it ourselves.
+    if (auto r = ep_.reg(mem, opts_.window_bytes, st.tagged ? FI_RECV : FI_REMOTE_WRITE, &st.mr);
+        !r)
+      return r.err();
+    if (!st.tagged && fi_mr_key(st.mr) == 0) {
+      fid_mr* zero = st.mr;
+      auto r = ep_.reg(mem, opts_.window_bytes, FI_REMOTE_WRITE, &st.mr);
+      fi_close(&zero->fid);
+      if (!r) return r.err();
+      if (fi_mr_key(st.mr) == 0) {
+        fi_close(&st.mr->fid);
+        return fail(errc::internal, address_ + ": the provider keeps giving RMA key 0");
+      }
+    }
+    const std::uint64_t addr =
+        !st.tagged && ep_.virt_addr() ? reinterpret_cast<std::uint64_t>(mem) : 0;
+    const std::uint64_t key = st.tagged ? 0 : fi_mr_key(st.mr);
     auto old = streams_.find(st.id);
     if (old != streams_.end()) {
       if (old->second.mr != nullptr) fi_close(&old->second.mr->fid);
@@ -552,16 +774,19 @@ private:
   std::map<std::uint64_t, fabric_stream> streams_;
   /// Arrivals already read from the CQ (one poll may complete several), in order.
   std::deque<result<segment>> ready_;
-  /// Envelopes whose RMA write has not been seen landing yet.
-  std::deque<messages::kv_envelope> waiting_;
+  /// Envelopes whose payload has not been seen landing yet, in arrival order.
+  std::deque<fabric_arrival> waiting_;
+  std::size_t posted_ = 0;        ///< tagged: waiting_'s first posted_ entries have receives posted
+  std::list<fabric_op> discards_; ///< tagged: receives swallowing rejected payloads
 };
 
 // -- sender ------------------------------------------------------------------------------------
 
-/// A payload being written: kept alive (and registered) until its write completes, then its
-/// envelope goes out.
+/// A payload in flight (an RMA write or a tagged send): kept alive (and registered) until the
+/// provider reports it done with the bytes.
 struct fabric_write {
   fabric_op op;
+  bool posted = false; ///< the provider has the operation (its context must stay alive)
   std::shared_ptr<void> owner;
   std::vector<std::byte> envelope;
 };
@@ -592,7 +817,7 @@ public:
                                                       "concrete address (with ?name=)");
     transport::address local = to;
     local.fabric_name_hex.clear();
-    if (auto r = ep_.open(local); !r) return r;
+    if (auto r = ep_.open(local, opts_.fabric_payload); !r) return r;
     auto peer = ep_.insert(from_hex(to.fabric_name_hex));
     if (!peer) return peer.err();
     peer_ = *peer;
@@ -616,6 +841,7 @@ public:
         return fail(r.code(), name_ + ": the receiver did not answer within " +
                                   std::to_string(timeout.count()) + " ms (" + r.err().context +
                                   ")");
+    if (!mismatch_.empty()) return refuse_mismatch(deadline);
     options limits = opts_;
     limits.segment_bytes_max = std::min<std::size_t>(opts_.segment_bytes_max, receiver_max_);
     if (auto ok = prepare_segment(seg, limits, window_); !ok) return ok;
@@ -625,7 +851,7 @@ public:
     const std::size_t n = seg.payload.size();
     std::byte* data = seg.payload.data();
     auto owner = seg.payload.release_owner();
-    auto desc = register_payload(owner, data, n);
+    auto desc = register_payload(owner, data, n, tagged_ ? FI_SEND : FI_WRITE);
     if (!desc) return desc.err();
     const std::uint64_t sequence = sequence_;
     for (int i = 0; i < copies; ++i) {
@@ -644,7 +870,7 @@ public:
       head_ += pad + n;
       credit_ -= pad + n;
       auto w = std::make_unique<fabric_write>();
-      w->op.kind = fabric_op::rma_write;
+      w->op.kind = fabric_op::payload_send;
       w->owner = owner;
       messages::kv_envelope e;
       e.header = seg.header;
@@ -654,31 +880,10 @@ public:
       e.remote_offset = offset;
       e.remote_length = n;
       w->envelope = messages::encode_frame(e);
-      iovec iov{data, n};
-      void* d = *desc;
-      fi_rma_iov rma{window_address_ + offset, n, window_key_};
-      fi_msg_rma msg{};
-      msg.msg_iov = &iov;
-      msg.desc = &d;
-      msg.iov_count = 1;
-      msg.addr = peer_;
-      msg.rma_iov = &rma;
-      msg.rma_iov_count = 1;
-      msg.context = &w->op.ctx;
-      msg.data = write_token(stream_id_, sequence);
-      backoff wait;
-      for (;;) {
-        ssize_t rc = fi_writemsg(ep_.ep(), &msg, FI_COMPLETION | FI_REMOTE_CQ_DATA);
-        if (rc == 0) break;
-        if (rc != -FI_EAGAIN) return ep_.failed("fi_writemsg", static_cast<int>(rc));
-        if (std::chrono::steady_clock::now() > deadline)
-          return fail(errc::timeout, name_ + ": provider queue full");
-        if (auto r = pump_once(); !r) return r;
-        wait.pause();
-      }
-      // The receiver holds the envelope until the write's token lands, so it may go now.
-      if (auto r = ep_.send_bytes(peer_, w->envelope, deadline); !r) return r;
-      writes_.push_back(std::move(w));
+      auto posted = tagged_ ? post_tagged(*w, data, n, *desc, sequence, deadline)
+                            : post_write(*w, data, n, *desc, offset, sequence, deadline);
+      if (w->posted) writes_.push_back(std::move(w));
+      if (!posted) return posted;
     }
     sequence_ = sequence + 1;
     stats_.segments_sent.fetch_add(1, std::memory_order_relaxed);
@@ -701,7 +906,7 @@ public:
       if (writes_.empty()) break;
       if (std::chrono::steady_clock::now() > deadline)
         return fail(errc::timeout, name_ + ": " + std::to_string(writes_.size()) +
-                                       " RMA writes not completed within " +
+                                       " payload transfers not completed within " +
                                        std::to_string(timeout.count()) + " ms");
       wait.pause();
     }
@@ -748,7 +953,7 @@ private:
       if (writes_.size() < before) return {};
       if (std::chrono::steady_clock::now() > deadline)
         return fail(errc::timeout, name_ + ": " + std::to_string(writes_.size()) +
-                                       " RMA writes in flight, none completed in time");
+                                       " payload transfers in flight, none completed in time");
       wait.pause();
     }
   }
@@ -781,6 +986,72 @@ private:
     }
   }
 
+  /// RMA mode: the write into the window at `offset`, with remote CQ data naming (stream,
+  /// sequence), then the envelope (the receiver holds it until the write's token lands).
+  result<void> post_write(fabric_write& w, std::byte* data, std::size_t n, void* desc,
+                          std::uint64_t offset, std::uint64_t sequence,
+                          std::chrono::steady_clock::time_point deadline) {
+    iovec iov{data, n};
+    fi_rma_iov rma{window_address_ + offset, n, window_key_};
+    fi_msg_rma msg{};
+    msg.msg_iov = &iov;
+    msg.desc = &desc;
+    msg.iov_count = 1;
+    msg.addr = peer_;
+    msg.rma_iov = &rma;
+    msg.rma_iov_count = 1;
+    msg.context = &w.op.ctx;
+    msg.data = write_token(stream_id_, sequence);
+    backoff wait;
+    for (;;) {
+      ssize_t rc = fi_writemsg(ep_.ep(), &msg, FI_COMPLETION | FI_REMOTE_CQ_DATA);
+      if (rc == 0) break;
+      if (rc != -FI_EAGAIN) return ep_.failed("fi_writemsg", static_cast<int>(rc));
+      if (std::chrono::steady_clock::now() > deadline)
+        return fail(errc::timeout, name_ + ": provider queue full");
+      if (auto r = pump_once(); !r) return r;
+      wait.pause();
+    }
+    w.posted = true;
+    return ep_.send_bytes(peer_, w.envelope, deadline);
+  }
+
+  /// Tagged mode: the envelope first (the receiver takes the region and posts a receive on
+  /// the payload tag), then the payload straight from the caller's buffer on that tag. The
+  /// provider holds a payload that overtakes its receive as unexpected (small ones copied
+  /// into its bounce buffers, large ones by rendezvous: the data moves once matched).
+  result<void> post_tagged(fabric_write& w, std::byte* data, std::size_t n, void* desc,
+                           std::uint64_t sequence, std::chrono::steady_clock::time_point deadline) {
+    if (auto r = ep_.send_bytes(peer_, w.envelope, deadline); !r) return r;
+    backoff wait;
+    for (;;) {
+      ssize_t rc =
+          fi_tsend(ep_.ep(), data, n, desc, peer_, payload_tag(stream_id_, sequence), &w.op.ctx);
+      if (rc == 0) {
+        w.posted = true;
+        return {};
+      }
+      if (rc != -FI_EAGAIN) return ep_.failed("fi_tsend", static_cast<int>(rc));
+      if (std::chrono::steady_clock::now() > deadline)
+        return fail(errc::timeout, name_ + ": provider queue full");
+      if (auto r = pump_once(); !r) return r;
+      wait.pause();
+    }
+  }
+
+  /// The receiver's stream runs in the other payload mode than this sender can or may use:
+  /// tell the receiver once (its recv() reports it) and refuse.
+  result<void> refuse_mismatch(std::chrono::steady_clock::time_point deadline) {
+    if (!mismatch_told_) {
+      mismatch_told_ = true;
+      (void)ep_.send_ctrl(
+          peer_,
+          messages::error_info{static_cast<std::uint16_t>(errc::backend_unavailable), mismatch_},
+          deadline);
+    }
+    return fail(errc::backend_unavailable, name_ + ": " + mismatch_);
+  }
+
   /// Registration cache: the last few payload owners stay registered (and alive), so a
   /// producer that reuses its buffers registers each once. Bounded: mr_cache_max entries.
   static constexpr std::size_t mr_cache_max = 4;
@@ -791,15 +1062,15 @@ private:
     fid_mr* mr;
   };
 
-  result<void*> register_payload(const std::shared_ptr<void>& owner, std::byte* data,
-                                 std::size_t n) {
+  result<void*> register_payload(const std::shared_ptr<void>& owner, std::byte* data, std::size_t n,
+                                 std::uint64_t access) {
     for (auto it = mr_cache_.begin(); it != mr_cache_.end(); ++it)
       if (it->owner == owner && it->data <= data && data + n <= it->data + it->size) {
         mr_cache_.splice(mr_cache_.begin(), mr_cache_, it);
         return ep_.desc(mr_cache_.front().mr);
       }
     fid_mr* mr = nullptr;
-    if (auto r = ep_.reg(data, n, FI_WRITE, &mr); !r) return r.err();
+    if (auto r = ep_.reg(data, n, access, &mr); !r) return r.err();
     mr_cache_.push_front({owner, data, n, mr});
     while (mr_cache_.size() > mr_cache_max) {
       // Only evict a registration no write in flight still uses.
@@ -835,6 +1106,7 @@ private:
           receiver_max_ = c->segment_bytes_max;
           window_address_ = c->window_address;
           window_key_ = c->window_key;
+          choose_mode();
         }
         credit_ += c->grant_bytes;
       }
@@ -843,10 +1115,29 @@ private:
     while (!writes_.empty() && writes_.front()->op.done) {
       auto& w = *writes_.front();
       if (w.op.err != 0)
-        return fail(errc::peer_dead, name_ + ": RMA write failed: " + fi_error(w.op.err));
+        return fail(errc::peer_dead,
+                    name_ + (tagged_ ? ": payload send failed: " : ": RMA write failed: ") +
+                        fi_error(w.op.err));
       writes_.pop_front(); // the provider is done with the payload: release it
     }
     return {};
+  }
+
+  /// The first credit says how the receiver takes payloads (window key 0: tagged messages,
+  /// else RMA writes): follow it when this sender can and may.
+  void choose_mode() {
+    using mode_t = options::fabric_payload_mode;
+    tagged_ = window_key_ == 0;
+    const std::string theirs = tagged_ ? "tagged messages" : "RMA writes";
+    if (tagged_ && opts_.fabric_payload == mode_t::rma)
+      mismatch_ = "the receiver takes payloads as " + theirs +
+                  " but this sender's options.fabric_payload is rma";
+    else if (!tagged_ && opts_.fabric_payload == mode_t::tagged)
+      mismatch_ = "the receiver takes payloads as " + theirs +
+                  " but this sender's options.fabric_payload is tagged";
+    else if (!tagged_ && !ep_.rma())
+      mismatch_ = "the receiver takes payloads as " + theirs + " but provider '" +
+                  provider_name(ep_.flavor()) + "' offers this sender no RMA";
   }
 
   /// Waits for at least one completion or control frame, until the deadline.
@@ -870,6 +1161,9 @@ private:
   std::uint64_t sequence_ = 0;
   std::uint64_t window_ = 0, credit_ = 0, receiver_max_ = 0, head_ = 0;
   std::uint64_t window_address_ = 0, window_key_ = 0;
+  bool tagged_ = false;  ///< payloads go as tagged messages (the receiver's choice)
+  std::string mismatch_; ///< why this sender cannot follow the receiver's mode
+  bool mismatch_told_ = false;
   std::vector<std::byte> hello_; ///< not yet accepted by the provider
   std::deque<std::unique_ptr<fabric_write>> writes_;
   std::list<cached_mr> mr_cache_;

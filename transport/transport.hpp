@@ -65,6 +65,19 @@ struct options {
   std::size_t duplicate_keys_max = 65536;
   /// Sender: compute checksum_xxh3 even when the header already carries one (0 = compute).
   bool always_checksum = false;
+
+  /// fabric only: how a segment's payload bytes travel (the envelope is always a tagged
+  /// control message).
+  enum class fabric_payload_mode : std::uint8_t {
+    automatic, ///< RMA where the provider offers FI_RMA with 8 bytes of remote CQ data, else tagged
+    rma,       ///< RMA writes only; a provider without them is backend_unavailable
+    tagged,    ///< tagged messages even where RMA exists (tests, benchmarks, a slow RMA path)
+  };
+  /// The receiver's mode decides a stream: its first credit says which (window key 0 =
+  /// tagged). A sender in `automatic` follows it; a sender whose mode or provider cannot
+  /// (forced the other way, no RMA) fails its first send with backend_unavailable and tells
+  /// the receiver, whose recv() reports the same.
+  fabric_payload_mode fabric_payload = fabric_payload_mode::automatic;
 };
 
 /// Monotonic counters of one endpoint (relaxed atomics: exact totals, no ordering promises).

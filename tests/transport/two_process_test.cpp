@@ -1,4 +1,6 @@
-// zmq and fabric between two OS processes (the peer is tests/transport/peer, spawned).
+// zmq and fabric (RMA, and payloads forced onto tagged messages) between two OS processes
+// (the peer is tests/transport/peer, spawned).
+#include "tests/transport/endpoint_case.hpp"
 #include "tests/transport/peer_process.hpp"
 #include "tests/transport/segment_pattern.hpp"
 
@@ -12,24 +14,25 @@ using namespace std::chrono_literals;
 
 namespace {
 
-std::vector<std::string> remote_addresses() {
-  return {"zmq+tcp://127.0.0.1:0", "zmq+ipc:///tmp/duet-test-2p-" + std::to_string(getpid()),
-          "fabric+shm://", "fabric+tcp://127.0.0.1:0"};
+std::vector<test::endpoint_case> remote_addresses() {
+  return {{"zmq+tcp://127.0.0.1:0"}, {"zmq+ipc:///tmp/duet-test-2p-" + std::to_string(getpid())},
+          {"fabric+shm://"},         {"fabric+tcp://127.0.0.1:0"},
+          {"fabric+shm://", true},   {"fabric+tcp://127.0.0.1:0", true}};
 }
 
 } // namespace
 
 TEST_CASE("segments of 1 KiB to 64 MiB cross to another process byte-identical") {
-  auto bind = GENERATE(from_range(remote_addresses()));
-  INFO(bind);
-  auto rx = listen(bind);
+  auto c = GENERATE(from_range(remote_addresses()));
+  INFO(c);
+  auto rx = listen(c.address, c.options());
   REQUIRE(rx.ok());
   const std::uint64_t seed = std::random_device{}() % 100000;
   INFO("seed " << seed);
   const std::vector<std::size_t> sizes{1 << 10, 64 << 10, 1 << 20, 16 << 20, 64 << 20};
   std::vector<std::string> args{"send", (*rx)->address(), std::to_string(seed)};
   for (auto s : sizes) args.push_back(std::to_string(s));
-  test::peer_process peer(args);
+  test::peer_process peer(c.peer_args(args));
   REQUIRE(peer.started());
   for (std::size_t i = 0; i < sizes.size(); ++i) {
     auto seg = (*rx)->recv(30s);
@@ -43,11 +46,11 @@ TEST_CASE("segments of 1 KiB to 64 MiB cross to another process byte-identical")
 }
 
 TEST_CASE("a sender killed mid-stream leaves the receiver with a timeout, not a hang") {
-  auto bind = GENERATE(from_range(remote_addresses()));
-  INFO(bind);
-  auto rx = listen(bind);
+  auto c = GENERATE(from_range(remote_addresses()));
+  INFO(c);
+  auto rx = listen(c.address, c.options());
   REQUIRE(rx.ok());
-  test::peer_process peer({"send", (*rx)->address(), "1", "1024"});
+  test::peer_process peer(c.peer_args({"send", (*rx)->address(), "1", "1024"}));
   REQUIRE(peer.started());
   auto first = (*rx)->recv(30s);
   REQUIRE(first.ok());
@@ -58,13 +61,13 @@ TEST_CASE("a sender killed mid-stream leaves the receiver with a timeout, not a 
 }
 
 TEST_CASE("a receiver killed while holding credit leaves the sender with a timeout") {
-  auto bind = GENERATE(from_range(remote_addresses()));
-  INFO(bind);
-  test::peer_process peer({"hold", bind, "1"});
+  auto c = GENERATE(from_range(remote_addresses()));
+  INFO(c);
+  test::peer_process peer(c.peer_args({"hold", c.address, "1"}));
   REQUIRE(peer.started());
   auto at = peer.read_line(20s);
   REQUIRE_FALSE(at.empty());
-  auto tx = connect(at);
+  auto tx = connect(at, c.options());
   REQUIRE(tx.ok());
   // The peer's window is 1 MiB: this segment fills it, the peer keeps it.
   REQUIRE((*tx)->send(test::pattern_segment(2, 0, 1 << 20), 10s).ok());

@@ -5,6 +5,9 @@
 //                                                     stdout, receive <count> segments and keep
 //                                                     them (never release credit), then wait to
 //                                                     be killed
+//   --fabric-payload=tagged (before the mode)       fabric: move payloads as tagged messages
+//                                                     (options::fabric_payload), as the test
+//                                                     side does
 // Exit codes: 0 ok, 2 usage, 3 transport error (printed on stderr).
 #include "tests/transport/segment_pattern.hpp"
 
@@ -19,11 +22,17 @@ using namespace duet;
 using namespace std::chrono_literals;
 
 int main(int argc, char** argv) {
+  transport::options base;
+  if (argc > 1 && std::string(argv[1]) == "--fabric-payload=tagged") {
+    base.fabric_payload = transport::options::fabric_payload_mode::tagged;
+    ++argv;
+    --argc;
+  }
   if (argc < 4) return 2;
   std::string mode = argv[1];
   if (mode == "send") {
     std::uint64_t seed = std::strtoull(argv[3], nullptr, 10);
-    auto tx = transport::connect(argv[2]);
+    auto tx = transport::connect(argv[2], base);
     if (!tx) {
       std::fprintf(stderr, "connect: %s\n", tx.err().to_string().c_str());
       return 3;
@@ -46,7 +55,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (mode == "hold") {
-    transport::options opts;
+    transport::options opts = base;
     opts.window_bytes = 1 << 20;
     opts.segment_bytes_max = 1 << 20;
     auto rx = transport::listen(argv[2], opts);
