@@ -79,6 +79,9 @@ struct cluster_config {
   /// Fault injection, a slow decode node: each decode step sleeps this long first (lets a
   /// multi-process test kill a node mid-generation of a tiny model). 0: off.
   int decode_step_delay_ms = 0;
+  /// Fault injection, a slow prefill node: each prefill chunk sleeps this long first (lets a
+  /// multi-process test kill a node mid-prefill). 0: off.
+  int prefill_chunk_delay_ms = 0;
 
   // -- observability ---------------------------------------------------------------------------
   /// When set: duet_kv_blocks_used / duet_kv_blocks_free{node}, duet_kv_bytes_transferred_total

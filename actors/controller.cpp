@@ -352,8 +352,12 @@ caf::behavior controller_impl(controller_actor* self, std::shared_ptr<fabric_con
         }
         s.assignments[q.request] = a;
         update_depth_gauges(self);
-        emit(self, fmt::format("placed {} decode_node {} {}", q.request, a.decode_node,
-                               decision->disaggregated ? "disaggregated" : "integrated"));
+        std::string prefill_nodes;
+        for (int node : reply.shard_nodes)
+          prefill_nodes += (prefill_nodes.empty() ? "" : ",") + std::to_string(node);
+        emit(self, fmt::format("placed {} decode_node {} {}{}", q.request, a.decode_node,
+                               decision->disaggregated ? "disaggregated" : "integrated",
+                               prefill_nodes.empty() ? "" : " prefill_nodes " + prefill_nodes));
         return reply;
       },
       [=](finished_atom, std::uint64_t request) { unassign(self, request); },

@@ -13,6 +13,8 @@
 #include <fmt/core.h>
 #include <prometheus/gauge.h>
 
+#include <chrono>
+#include <thread>
 #include <unordered_map>
 
 namespace duet::actors {
@@ -90,6 +92,8 @@ bool run_chunk(shard_actor* self, const prefill_route& route, int shard_index, i
     if (it == st.epochs.end() || it->second != route.epoch) return false; // stale or lost
   }
   const auto& cfg = st.runner->config();
+  if (ctx.config.prefill_chunk_delay_ms > 0)
+    std::this_thread::sleep_for(std::chrono::milliseconds(ctx.config.prefill_chunk_delay_ms));
   try {
     for (int layer = st.spec.first_layer; layer < st.spec.last_layer; ++layer) {
       st.runner->forward_layers(*st.kv, seq, pos0, n, layer, layer + 1,

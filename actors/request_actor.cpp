@@ -283,7 +283,10 @@ caf::behavior request_impl(request_actor* self, std::shared_ptr<fabric_context> 
       [=](work_failed& msg) {
         auto& s = self->state;
         if (s.finished || msg.epoch != s.epoch) return;
-        handle_failure(self, std::move(msg.reason), false);
+        // A dead node's actors (reported by the controller, which may beat their own down
+        // messages here) count as a restart the request survived, as a down message would.
+        const bool died = fabric_code(msg.reason) == fabric_errc::actor_crashed;
+        handle_failure(self, std::move(msg.reason), died);
       },
       [=](retry_atom, std::uint32_t epoch) {
         auto& s = self->state;

@@ -28,6 +28,7 @@ struct node_cli {
   int threads = 1;
   int decode_sequences_max = 16;
   int decode_step_delay_ms = 0;
+  int prefill_chunk_delay_ms = 0;
 };
 
 void run_node_command(const node_cli& o) {
@@ -48,6 +49,7 @@ void run_node_command(const node_cli& o) {
   cfg.engine_threads = o.threads;
   cfg.decode_sequences_max = o.decode_sequences_max;
   cfg.decode_step_delay_ms = o.decode_step_delay_ms;
+  cfg.prefill_chunk_delay_ms = o.prefill_chunk_delay_ms;
   actors::node_options opts;
   opts.controller_host = o.join.substr(0, colon);
   opts.controller_port = std::uint16_t(port);
@@ -98,6 +100,9 @@ void setup_node(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--slow-decode-ms", o->decode_step_delay_ms,
                   "Fault injection: sleep this long before each decode step")
+      ->capture_default_str();
+  cmd->add_option("--slow-prefill-ms", o->prefill_chunk_delay_ms,
+                  "Fault injection: sleep this long before each prefill chunk")
       ->capture_default_str();
   cmd->callback([o] { run_node_command(*o); });
 }

@@ -134,7 +134,8 @@ std::string duet_binary() {
   return DUET_BINARY_DIR "/duet";
 }
 
-/// A controller with one prefill node and two decode nodes, all joined.
+/// A controller and its node processes (by default one prefill node and two decode nodes), all
+/// joined. Every node gets `node_args` too (fault injection: --slow-decode-ms, --slow-prefill-ms).
 struct deployment {
   std::unique_ptr<child_process> controller;
   std::vector<std::unique_ptr<child_process>> nodes;
@@ -142,29 +143,34 @@ struct deployment {
   std::map<int, std::string> node_roles; ///< node id -> "prefill" / "decode"
   std::vector<std::string> log;          ///< the controller's lines, for failure messages
 
-  explicit deployment(int slow_decode_ms) {
+  explicit deployment(int slow_decode_ms)
+      : deployment({"prefill", "decode", "decode"},
+                   {"--slow-decode-ms", std::to_string(slow_decode_ms)}) {}
+
+  deployment(const std::vector<std::string>& roles, const std::vector<std::string>& node_args) {
     auto model = duet::test::model_file("stories260K.bin");
     auto tok = duet::test::model_file("tok512.bin");
-    controller = std::make_unique<child_process>(std::vector<std::string>{duet_binary(),
-                                                                          "controller",
-                                                                          "--listen",
-                                                                          "127.0.0.1:0",
-                                                                          "--nodes",
-                                                                          "3",
-                                                                          "--model",
-                                                                          model,
-                                                                          "--tokenizer",
-                                                                          tok,
-                                                                          "--placement",
-                                                                          "disaggregated",
-                                                                          "--chunk-tokens",
-                                                                          "8",
-                                                                          "--requests-from",
-                                                                          "-",
-                                                                          "--heartbeat-timeout-ms",
-                                                                          "2000",
-                                                                          "--join-timeout-ms",
-                                                                          "30000"});
+    controller =
+        std::make_unique<child_process>(std::vector<std::string>{duet_binary(),
+                                                                 "controller",
+                                                                 "--listen",
+                                                                 "127.0.0.1:0",
+                                                                 "--nodes",
+                                                                 std::to_string(roles.size()),
+                                                                 "--model",
+                                                                 model,
+                                                                 "--tokenizer",
+                                                                 tok,
+                                                                 "--placement",
+                                                                 "disaggregated",
+                                                                 "--chunk-tokens",
+                                                                 "8",
+                                                                 "--requests-from",
+                                                                 "-",
+                                                                 "--heartbeat-timeout-ms",
+                                                                 "2000",
+                                                                 "--join-timeout-ms",
+                                                                 "30000"});
     auto first = controller->read_line();
     REQUIRE(first);
     INFO(*first);
@@ -172,11 +178,12 @@ struct deployment {
     REQUIRE(w.size() == 2);
     REQUIRE(w[0] == "listening");
     auto address = w[1];
-    for (const char* role : {"prefill", "decode", "decode"}) {
-      nodes.push_back(std::make_unique<child_process>(std::vector<std::string>{
-          duet_binary(), "node", "--join", address, "--role", role, "--profile", "cpu",
-          "--transport", "zmq+tcp", "--model", model, "--tokenizer", tok, "--slow-decode-ms",
-          std::to_string(slow_decode_ms)}));
+    for (const auto& role : roles) {
+      std::vector<std::string> args{
+          duet_binary(), "node",        "--join",  address,   "--role", role,          "--profile",
+          "cpu",         "--transport", "zmq+tcp", "--model", model,    "--tokenizer", tok};
+      args.insert(args.end(), node_args.begin(), node_args.end());
+      nodes.push_back(std::make_unique<child_process>(args));
     }
     while (true) {
       auto line = controller->read_line();
@@ -191,7 +198,7 @@ struct deployment {
       }
       if (lw.size() >= 1 && lw[0] == "ready") break;
     }
-    REQUIRE(node_pids.size() == 3);
+    REQUIRE(node_pids.size() == roles.size());
   }
 
   child_process& node_with_pid(pid_t pid) {
@@ -224,13 +231,15 @@ struct run_result {
   std::vector<int> positions;
   std::string done;
   int decode_node = -1;
+  std::vector<int> prefill_nodes; ///< of the latest placement
   std::vector<std::string> events;
 };
 
-/// Submits one request and reads until its done line. `on_token(count)` may act mid-stream.
-template <class OnToken>
+/// Submits one request and reads until its done line. `on_token(count)` may act mid-stream,
+/// `on_event(result)` after each controller event line (the latest is result.events.back()).
+template <class OnToken, class OnEvent>
 run_result run_request(deployment& d, const std::string& id, const std::vector<int>& prompt,
-                       int max_tokens, OnToken on_token) {
+                       int max_tokens, OnToken on_token, OnEvent on_event) {
   std::string line = id + " " + std::to_string(max_tokens) + " disaggregated ";
   for (std::size_t i = 0; i < prompt.size(); ++i)
     line += (i ? "," : "") + std::to_string(prompt[i]);
@@ -255,10 +264,24 @@ run_result run_request(deployment& d, const std::string& id, const std::vector<i
       return r;
     } else {
       r.events.push_back(*got);
-      // "event placed <request> decode_node <n> <mode>"
-      if (w.size() >= 5 && w[0] == "event" && w[1] == "placed") r.decode_node = std::stoi(w[4]);
+      // "event placed <request> decode_node <n> <mode> [prefill_nodes <a>,<b>...]"
+      if (w.size() >= 5 && w[0] == "event" && w[1] == "placed") {
+        r.decode_node = std::stoi(w[4]);
+        r.prefill_nodes.clear();
+        if (w.size() >= 8 && w[6] == "prefill_nodes") {
+          std::istringstream list{w[7]};
+          for (std::string n; std::getline(list, n, ',');) r.prefill_nodes.push_back(std::stoi(n));
+        }
+      }
+      on_event(r);
     }
   }
+}
+
+template <class OnToken>
+run_result run_request(deployment& d, const std::string& id, const std::vector<int>& prompt,
+                       int max_tokens, OnToken on_token) {
+  return run_request(d, id, prompt, max_tokens, on_token, [](run_result&) {});
 }
 
 std::vector<int> story_prompt() {
@@ -322,5 +345,54 @@ TEST_CASE("a decode node process SIGKILLed mid-generation is detected and the re
     if (line->find(" down: ") != std::string::npos) node_down = true;
   }
   CHECK(node_down);
+  d.shut_down();
+}
+
+TEST_CASE("a prefill node process SIGKILLed mid-prefill is detected, its shard re-placed, and "
+          "the request ends with the fault-free tokens") {
+  auto prompt = story_prompt();
+  const int max_tokens = 16;
+  auto expected = duet::test::reference_tokens(prompt, max_tokens);
+  // Two prefill nodes; each prefill chunk (8 tokens, so the prompt takes several) sleeps
+  // 300 ms first, so the kill right after placement lands mid-prefill.
+  REQUIRE(prompt.size() > 16);
+  deployment d{{"prefill", "prefill", "decode"}, {"--slow-prefill-ms", "300"}};
+  pid_t killed = -1;
+  auto r = run_request(
+      d, "r3", prompt, max_tokens, [](run_result&, int) {},
+      [&](run_result& res) {
+        if (killed > 0 || res.prefill_nodes.empty()) return;
+        killed = d.node_pids.at(res.prefill_nodes.front());
+        d.node_with_pid(killed).kill(SIGKILL);
+      });
+  INFO(r.done);
+  INFO("controller events: " << [&] {
+    std::string all;
+    for (const auto& e : r.events) all += e + "\n";
+    return all;
+  }());
+  REQUIRE(killed > 0);
+  CHECK(r.done.rfind("done r3 ", 0) == 0);
+  CHECK(r.done.find(" error=") == r.done.size() - 7); // no error text
+  // The kill hit this request before its first token: it was re-run (restarts >= 1).
+  CHECK(r.done.find(" restarts=0 ") == std::string::npos);
+  CHECK(r.tokens == expected);
+  for (std::size_t i = 0; i < r.positions.size(); ++i)
+    CHECK(r.positions[i] == int(prompt.size() + i));
+  CHECK(d.node_with_pid(killed).wait_exit() == 128 + SIGKILL);
+  // The controller declared the node dead and re-placed its shard on the live prefill node.
+  bool node_down = false, re_placed = false;
+  auto scan = [&](const std::string& e) {
+    if (e.find(" down: ") != std::string::npos) node_down = true;
+    if (e.find("re-placing ") != std::string::npos) re_placed = true;
+  };
+  for (const auto& e : r.events) scan(e);
+  while (!(node_down && re_placed)) {
+    auto line = d.controller->read_line(std::chrono::milliseconds(5000));
+    if (!line) break;
+    scan(*line);
+  }
+  CHECK(node_down);
+  CHECK(re_placed);
   d.shut_down();
 }
