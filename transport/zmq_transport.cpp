@@ -15,6 +15,8 @@
 #include <zmq.hpp>
 
 #include <map>
+#include <memory>
+#include <mutex>
 #include <random>
 #include <thread>
 
@@ -27,6 +29,23 @@ namespace {
 constexpr long credit_poll_slice_ms = 1;
 // How long a closing socket may still push queued frames (after flush() there are none).
 constexpr int linger_ms = 200;
+
+/// One ZeroMQ context (one I/O thread) for every duet endpoint of the process, as ZeroMQ
+/// recommends. A context per endpoint put two I/O threads next to the two callers on 2 cores:
+/// measured here (1 MiB messages over tcp in one process), 1 context 3.6-4.4 GB/s, 2 contexts
+/// 0.6-1.3 GB/s. The context lives while any endpoint does (then it is terminated, so nothing
+/// is left to tear down at exit) and is made again on next use.
+std::shared_ptr<zmq::context_t> process_context() {
+  static std::mutex mutex;
+  static std::weak_ptr<zmq::context_t> shared;
+  std::lock_guard guard{mutex};
+  auto ctx = shared.lock();
+  if (!ctx) {
+    ctx = std::make_shared<zmq::context_t>(1);
+    shared = ctx;
+  }
+  return ctx;
+}
 
 std::span<const std::byte> view(const zmq::message_t& m) {
   return {static_cast<const std::byte*>(m.data()), m.size()};
@@ -210,8 +229,8 @@ private:
   }
 
   options opts_;
-  zmq::context_t ctx_{1};
-  zmq::socket_t sock_{ctx_, zmq::socket_type::router};
+  std::shared_ptr<zmq::context_t> ctx_ = process_context(); // outlives sock_
+  zmq::socket_t sock_{*ctx_, zmq::socket_type::router};
   std::string address_;
   arrival_checker checker_;
   counters stats_;
@@ -347,8 +366,8 @@ private:
   }
 
   options opts_;
-  zmq::context_t ctx_{1};
-  zmq::socket_t sock_{ctx_, zmq::socket_type::dealer};
+  std::shared_ptr<zmq::context_t> ctx_ = process_context(); // outlives sock_
+  zmq::socket_t sock_{*ctx_, zmq::socket_type::dealer};
   std::string name_;
   std::uint64_t stream_id_ = 0;
   std::uint64_t sequence_ = 0;
