@@ -1,5 +1,6 @@
 #include "bench/engine_bench.hpp"
 
+#include "bench/compute_baseline.hpp"
 #include "bench/memory_baseline.hpp"
 #include "engine/forward.hpp"
 #include "engine/kernels.hpp"
@@ -35,7 +36,24 @@ std::string weight_types(const engine::model_weights& w) {
   return out;
 }
 
+/// 2 FLOP per weight of every matrix a token goes through (attention's own arithmetic, which
+/// grows with the context, is left out: it is small next to the weights at these lengths).
+double matmul_flop(const engine::model_weights& w) {
+  auto elems = [](const engine::tensor_view& t) {
+    return static_cast<double>(t.rows) * static_cast<double>(t.cols);
+  };
+  double n = elems(w.classifier);
+  for (const auto& l : w.layers)
+    n += elems(l.wq) + elems(l.wk) + elems(l.wv) + elems(l.wo) + elems(l.w1) + elems(l.w2) +
+         elems(l.w3);
+  return 2.0 * n;
+}
+
 } // namespace
+
+double engine_bench_result::compute_ceiling_tokens_per_s() const {
+  return matmul_flop_per_token <= 0 ? 0.0 : peak_gflops * 1e9 / matmul_flop_per_token;
+}
 
 double engine_bench_result::roofline_tokens_per_s() const {
   return weight_bytes_per_token == 0
@@ -44,9 +62,9 @@ double engine_bench_result::roofline_tokens_per_s() const {
 }
 
 engine_bench_result run_engine_bench(const engine_bench_options& o) {
-  // Stages: load, bandwidth, each prefill length, each decode batch.
+  // Stages: load, bandwidth, FMA peak, each prefill length, each decode batch.
   const double stages =
-      2.0 + static_cast<double>(o.prefill_tokens.size() + o.decode_batches.size());
+      3.0 + static_cast<double>(o.prefill_tokens.size() + o.decode_batches.size());
   double stage = 0;
   auto report = [&](std::string_view step) {
     if (o.on_progress) o.on_progress(stage++ / stages, step);
@@ -63,6 +81,9 @@ engine_bench_result run_engine_bench(const engine_bench_options& o) {
   res.weight_bytes_per_token = w.decode_bytes_per_token();
   report("measuring read bandwidth");
   res.read_gbps = measure_read_gbps(o.bandwidth_bytes, o.threads);
+  report("measuring FMA peak");
+  res.peak_gflops = measure_fma_gflops(o.threads);
+  res.matmul_flop_per_token = matmul_flop(w);
 
   int batch_max = 1;
   for (int b : o.decode_batches) batch_max = std::max(batch_max, b);
@@ -151,21 +172,37 @@ std::string format_engine_bench(const engine_bench_result& r) {
   double roof = r.roofline_tokens_per_s();
   line(fmt::format("roofline         {:.2f} tok/s single-sequence decode (bandwidth / bytes)",
                    roof));
+  const double ceiling = r.compute_ceiling_tokens_per_s();
+  line(fmt::format("fma peak         {:.1f} GFLOP/s ({} threads, f32, measured now)", r.peak_gflops,
+                   r.threads));
+  line(fmt::format("compute ceiling  {:.1f} tok/s prefill (peak / {:.0f} MFLOP per token){}",
+                   ceiling, r.matmul_flop_per_token / 1e6,
+                   roof > 0 ? fmt::format(" = {:.1f}x the decode roofline", ceiling / roof) : ""));
   double single = 0;
   for (const auto& d : r.decode)
     if (d.n == 1) single = d.tokens_per_s;
   for (const auto& p : r.prefill)
-    line(fmt::format("prefill {:>4} tok {:>10.1f} tok/s{}", p.n, p.tokens_per_s,
-                     single > 0 ? fmt::format("   {:.1f}x single-seq decode (target >= 10x)",
-                                              p.tokens_per_s / single)
-                                : ""));
+    line(fmt::format(
+        "prefill {:>4} tok {:>10.1f} tok/s{}{}", p.n, p.tokens_per_s,
+        single > 0
+            ? fmt::format("   {:.1f}x single-seq decode (target >= 10x)", p.tokens_per_s / single)
+            : "",
+        ceiling > 0 ? fmt::format(", {:.0f}% of compute ceiling", 100.0 * p.tokens_per_s / ceiling)
+                    : ""));
   for (const auto& d : r.decode) {
     std::string extra;
+    // A batch of n reads the weights once per step: its ceiling is the smaller of n x the
+    // roofline and the compute ceiling.
     if (d.n == 1 && roof > 0)
       extra = fmt::format("   {:.0f}% of roofline (target >= 80%)", 100.0 * d.tokens_per_s / roof);
     else if (single > 0)
-      extra = fmt::format("   {:.1f}x single-seq{}", d.tokens_per_s / single,
-                          d.n == 32 ? " (target >= 8x)" : "");
+      extra = fmt::format("   {:.1f}x single-seq{}{}", d.tokens_per_s / single,
+                          d.n == 32 ? " (target >= 8x)" : "",
+                          roof > 0 && ceiling > 0
+                              ? fmt::format(", {:.0f}% of its ceiling {:.1f} tok/s",
+                                            100.0 * d.tokens_per_s / std::min(d.n * roof, ceiling),
+                                            std::min(d.n * roof, ceiling))
+                              : "");
     line(fmt::format("decode {:>3} seq  {:>10.1f} tok/s{}", d.n, d.tokens_per_s, extra));
   }
   return out;

@@ -3,7 +3,9 @@
 // `duet bench engine`: the engine's prefill and decode throughput on one model file, next to
 // this machine's memory read bandwidth measured in the same run. Decode of one sequence reads
 // every weight once per token, so its ceiling (the roofline) is bandwidth / weight bytes per
-// token; batched decode reads them once per step for the whole batch.
+// token; batched decode reads them once per step for the whole batch. Prefill and large batches
+// are bound by arithmetic instead: the f32 FMA peak, also measured in the same run, caps them at
+// peak / (2 FLOP x weights) tokens per second.
 
 #include "engine/dtype.hpp"
 
@@ -41,13 +43,18 @@ struct engine_bench_result {
   std::string simd;         ///< matmul kernel in use
   int threads = 0;
   std::size_t weight_bytes_per_token = 0; ///< bytes one decode step reads (model_weights)
+  double matmul_flop_per_token = 0.0;     ///< 2 x the weights of every matmul
   double read_gbps = 0.0;                 ///< measured with the same thread count
+  double peak_gflops = 0.0;               ///< f32 FMA peak, same thread count
   std::vector<engine_bench_figure> prefill;
   std::vector<engine_bench_figure> decode;
   std::size_t kv_pool_bytes = 0;
 
   /// Single-sequence decode tok/s if it ran at the memory read bandwidth.
   double roofline_tokens_per_s() const;
+
+  /// Tokens per second if every matmul ran at the FMA peak (the prefill ceiling).
+  double compute_ceiling_tokens_per_s() const;
 };
 
 /// Runs the benchmark (loads the model, measures bandwidth, prefill, decode).
