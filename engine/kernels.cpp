@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -273,20 +274,72 @@ DUET_AVX2 void gemv_q8_0(const tensor_view& w, std::int64_t r0, const q8_activat
   for (int i = 0; i < R; ++i) y[r0 + i] = hsum(acc[i]);
 }
 
-/// q8_0 over n tokens: the activations are quantized once per call, then each group of R rows
-/// (R * 34 * cols / 32 bytes, which stays in L1) is run against every token.
+/// R q8_0 rows x NT tokens (prefill, batched decode): each weight block is loaded and made
+/// unsigned once for NT tokens. Per (row, token) the operations and their order are exactly
+/// gemv_q8_0's, so the result is bit-identical to multiplying that token alone.
+template <int R, int NT>
+DUET_AVX2 void tile_q8_0(const tensor_view& w, std::int64_t r0, const q8_activation_block* xq,
+                         std::int64_t blocks, int t0, float* y, std::int64_t y_stride) {
+  const q8_0_block* rows[R];
+  DUET_UNROLL
+  for (int i = 0; i < R; ++i) rows[i] = reinterpret_cast<const q8_0_block*>(w.row(r0 + i));
+  __m256 acc[R][NT];
+  DUET_UNROLL
+  for (int i = 0; i < R; ++i) DUET_UNROLL
+  for (int j = 0; j < NT; ++j) acc[i][j] = _mm256_setzero_ps();
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (std::int64_t b = 0; b < blocks; ++b) {
+    __m256i wv[R], aw[R];
+    float dw[R];
+    DUET_UNROLL
+    for (int i = 0; i < R; ++i) {
+      wv[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[i][b].qs));
+      aw[i] = _mm256_sign_epi8(wv[i], wv[i]);
+      dw[i] = _cvtsh_ss(rows[i][b].d);
+    }
+    DUET_UNROLL
+    for (int j = 0; j < NT; ++j) {
+      const q8_activation_block& xb = xq[(t0 + j) * blocks + b];
+      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.qs));
+      DUET_UNROLL
+      for (int i = 0; i < R; ++i) {
+        const __m256i isum =
+            _mm256_madd_epi16(_mm256_maddubs_epi16(aw[i], _mm256_sign_epi8(xv, wv[i])), ones);
+        acc[i][j] =
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(dw[i] * xb.d), acc[i][j]);
+      }
+    }
+  }
+  DUET_UNROLL
+  for (int i = 0; i < R; ++i) DUET_UNROLL
+  for (int j = 0; j < NT; ++j) y[(t0 + j) * y_stride + r0 + i] = hsum(acc[i][j]);
+}
+
+/// q8_0 over n tokens: the activations are quantized once per call. One token: 8-row gemv
+/// groups streaming the weights (with prefetch); more: 2-row x 4-token tiles (the 2 rows,
+/// 2 * 34 * cols / 32 bytes, stay in L1 while every token passes).
 DUET_AVX2 void matmul_q8_0_avx2(const tensor_view& w, const float* x, std::int64_t x_stride, int n,
                                 float* y, std::int64_t y_stride, std::int64_t row_begin,
                                 std::int64_t row_end) {
   thread_local std::vector<q8_activation_block> xq;
   quantize_activations(x, x_stride, n, w.cols, xq);
   const std::int64_t blocks = w.cols / 32;
-  constexpr int R = 8; // 8 independent accumulator chains keep both FMA pipes busy
   std::int64_t r = row_begin;
-  for (; r + R <= row_end; r += R)
-    for (int t = 0; t < n; ++t) gemv_q8_0<R>(w, r, xq.data() + t * blocks, y + t * y_stride);
-  for (; r < row_end; ++r)
-    for (int t = 0; t < n; ++t) gemv_q8_0<1>(w, r, xq.data() + t * blocks, y + t * y_stride);
+  if (n == 1) {
+    constexpr int R = 8; // 8 independent accumulator chains keep both FMA pipes busy
+    for (; r + R <= row_end; r += R) gemv_q8_0<R>(w, r, xq.data(), y);
+    for (; r < row_end; ++r) gemv_q8_0<1>(w, r, xq.data(), y);
+    return;
+  }
+  auto rows_times_tokens = [&](auto rows_tag, std::int64_t r0) DUET_AVX2 {
+    constexpr int R = decltype(rows_tag)::value;
+    int t = 0;
+    for (; t + 4 <= n; t += 4) tile_q8_0<R, 4>(w, r0, xq.data(), blocks, t, y, y_stride);
+    for (; t + 2 <= n; t += 2) tile_q8_0<R, 2>(w, r0, xq.data(), blocks, t, y, y_stride);
+    for (; t < n; ++t) tile_q8_0<R, 1>(w, r0, xq.data(), blocks, t, y, y_stride);
+  };
+  for (; r + 2 <= row_end; r += 2) rows_times_tokens(std::integral_constant<int, 2>{}, r);
+  for (; r < row_end; ++r) rows_times_tokens(std::integral_constant<int, 1>{}, r);
 }
 
 /// Single-token f16: R rows with two accumulators each (latency of the FMA chain hidden).
