@@ -25,6 +25,8 @@
 #include <functional>
 #include <mutex>
 #include <pthread.h>
+#include <string>
+#include <string_view>
 #include <thread>
 
 namespace duet::apps {
@@ -145,13 +147,13 @@ std::unique_ptr<actors::cluster> start_embedded(const serve_config& config,
 }
 
 /// The controller of a multi-process cluster: listens for `duet node` processes and returns once
-/// config.nodes joined and started their shards and lanes. Prints `nodes listening on HOST:PORT`
-/// on stdout (flushed) before it waits, so scripts learn an ephemeral port.
-std::unique_ptr<actors::cluster> start_multiprocess(const serve_config& config,
-                                                    std::shared_ptr<prometheus::Registry> registry,
-                                                    const std::shared_ptr<spdlog::logger>& log,
-                                                    progress& loading,
-                                                    const shutdown_waiter& waiter) {
+/// config.nodes joined and started their shards and lanes (nullptr when a shutdown signal came
+/// first). Prints `nodes listening on HOST:PORT` on stdout (flushed) before it waits, so scripts
+/// learn an ephemeral port; `address` gets that HOST:PORT.
+std::unique_ptr<actors::cluster>
+start_multiprocess(const serve_config& config, std::shared_ptr<prometheus::Registry> registry,
+                   const std::shared_ptr<spdlog::logger>& log, progress& loading,
+                   const shutdown_waiter& waiter, std::string& address) {
   auto cc = cluster_config_of(config, std::move(registry));
   cc.prefill_split = config.nodes_split;
   // KV moves between node processes over what each `duet node --transport` chose; here the
@@ -163,7 +165,6 @@ std::unique_ptr<actors::cluster> start_multiprocess(const serve_config& config,
   opts.port = static_cast<std::uint16_t>(listen.second);
   opts.nodes = config.nodes;
   opts.join_timeout_ms = config.nodes_join_timeout_ms;
-  std::string address; // HOST:PORT with the concrete port, for messages
   opts.on_listening = [&](std::uint16_t bound) {
     address = fmt::format("{}:{}", listen.first, bound);
     log->info("request_id=- event=nodes_listening address={} nodes={} join_timeout_ms={}", address,
@@ -186,7 +187,11 @@ std::unique_ptr<actors::cluster> start_multiprocess(const serve_config& config,
     return actors::make_controller_cluster(cc, opts);
   } catch (const std::exception& e) {
     if (waiter.requested()) return nullptr;
-    if (address.empty()) throw; // not listening: the message says why (model, address)
+    // A join timeout is what a user meets first (the nodes were not started, or cannot reach
+    // this address): say how nodes join. Other errors (model, address, placement) say it all.
+    if (address.empty() ||
+        std::string_view{e.what()}.find("nodes joined within") == std::string_view::npos)
+      throw;
     throw std::runtime_error(fmt::format(
         "{} (nodes join with `duet node --join {} --role prefill|decode|both --transport "
         "zmq+tcp`; --nodes-join-timeout-ms sets the wait)",
@@ -207,9 +212,6 @@ void run_serve(const serve_flags& flags, CLI::App* cmd) {
                                              [](const char* name) { return std::getenv(name); });
   auto log = make_logger("serve", config.log_level);
   const bool multiprocess = !config.nodes_listen.empty();
-  const std::string shape =
-      multiprocess ? fmt::format("{} nodes joined on {}", config.nodes, config.nodes_listen)
-                   : config.local;
 
   // Signals first, before any thread (CAF workers, HTTP pool) exists. A write to a client that
   // went away must fail with EPIPE (and cancel the request), not kill the process.
@@ -226,13 +228,18 @@ void run_serve(const serve_flags& flags, CLI::App* cmd) {
                                            path));
   }
   auto registry = std::make_shared<prometheus::Registry>();
-  auto cluster = multiprocess ? start_multiprocess(config, registry, log, loading, waiter)
-                              : start_embedded(config, registry, log, loading);
+  std::string nodes_address; // multi-process: where the nodes joined (the concrete port)
+  auto cluster = multiprocess
+                     ? start_multiprocess(config, registry, log, loading, waiter, nodes_address)
+                     : start_embedded(config, registry, log, loading);
   if (!cluster || waiter.requested()) {
     loading.finish("stopped before serving");
     log->info("request_id=- event=stopped");
     return;
   }
+  const std::string shape = multiprocess
+                                ? fmt::format("{} nodes joined on {}", config.nodes, nodes_address)
+                                : config.local;
   loading.finish(fmt::format("{} ready ({})", cluster->model_name(), shape));
 
   // -- the gateway ---------------------------------------------------------------------------
