@@ -13,19 +13,41 @@
 // (FI_DELIVERY_COMPLETE + envelope after completion was measured first: ~10x slower on shm.)
 // The window is a ring: the sender allocates contiguous regions in order (skipping the tail
 // when a segment does not fit before the end, which costs that padding as credit too); the
-// receiver frees in order. Payload copies: the RMA write itself (by the NIC, CMA or the shm
-// provider's bounce buffers), none by us on either side.
-// Pipelining: send() returns once the write and its envelope are posted; the payload's owner is
-// held until the write's local completion is reaped (by later send()/flush() calls, or by the
-// sender's progress thread while the user is idle: tcp;ofi_rxm and shm SAR need the initiator's
-// progress). Up to 64 writes (and the receiver's window in bytes) may be in flight; flush() waits
-// for all. Measured (duet bench transport, 1 MiB, same run, loaded 2-core machine): shm
-// 1.37-1.48 -> 3.5-3.8 GB/s, tcp 0.37 -> 0.42-0.54 GB/s. FI_SHM_DISABLE_CMA=1 (SAR) measured
+// receiver frees in order. Where tail + segment exceed the window (window < 2x the segment),
+// the sender waits for the ring to drain and sends a credit frame of its own {stream, tail
+// bytes}: both sides skip the tail without charging it, then the segment goes at offset 0. Payload
+// copies: the RMA write itself (by the NIC, CMA or the shm provider's bounce buffers), none by us
+// on either side. Pipelining: send() returns once the write and its envelope are posted; the
+// payload's owner is held until the write's local completion is reaped (by later send()/flush()
+// calls, or by the sender's progress thread while the user is idle: tcp;ofi_rxm and shm SAR need
+// the initiator's progress). Up to 64 writes (and the receiver's window in bytes) may be in flight;
+// flush() waits for all. Measured (duet bench transport, 1 MiB, same run, loaded 2-core machine):
+// shm 1.37-1.48 -> 3.5-3.8 GB/s, tcp 0.37 -> 0.42-0.54 GB/s. FI_SHM_DISABLE_CMA=1 (SAR) measured
 // slower here with pipelining (1.27-1.36 GB/s), so it is not forced.
 //
-// Every provider that can open here (shm, tcp) supports FI_RMA; providers without it are
-// refused at open with backend_unavailable (a tagged-message fallback is not implemented),
-// as are providers with less than 8 bytes of remote CQ data.
+// Tagged mode (providers without FI_RMA or with < 8 bytes of remote CQ data, or forced by
+// options::fabric_payload = tagged; see transport.hpp): the endpoint opens without FI_RMA
+// (automatic asks with it first and retries without), the window is registered for FI_RECV
+// and its credit carries key 0, which tells the sender to use tagged messages (an automatic
+// sender follows; one forced to rma, or without RMA facing an RMA window, fails its first
+// send with backend_unavailable and sends the receiver an error frame, which the receiver's
+// recv() returns: a mismatch is an error on both ends, never a hang).
+//   sender              envelope {remote: offset, length} by the same ring rule and credit,
+//                       then fi_tsend(payload, tag = 1<<63 | stream (31 bits) | sequence
+//                       (32 bits)) straight from the caller's (registered, cached) buffer
+//   receiver            on the envelope, takes the region from the ring (checking the ring
+//                       rule and that it fits the credit granted) and posts fi_trecv into
+//                       window + offset on that tag; at most 64 such receives are posted,
+//                       later envelopes wait in order. When the receive completes, the same
+//                       checks run on the bytes in place and the same in-place buffer is
+//                       handed out (a payload longer than announced: FI_ETRUNC -> truncated)
+// Payload copies in tagged mode: none by duet on either side; the provider's own — shm: one
+// by the kernel (CMA) for large payloads, two through its inject/bounce buffers for small
+// ones; tcp;ofi_rxm: the socket's, plus one through rxm's bounce buffers for eager-sized
+// (small) messages and for payloads that arrive before their receive is posted.
+// Bounds as in RMA mode: 64 payload sends in flight per sender and the window in bytes; a dead
+// sender leaves the receiver's recv() with timeout (its posted receives are cancelled when the
+// receiver closes), a dead receiver leaves the sender without credit: send() times out.
 // verbs and efa are compiled into Debian's libfabric but find no device on this machine:
 // opening them returns backend_unavailable naming the provider.
 
@@ -537,12 +559,34 @@ private:
           e->code > 0 && e->code < errc_count ? static_cast<errc>(e->code) : errc::internal;
       return fail(code, address_ + ": the sender reports: " + e->context);
     }
+    if (auto* skip = std::get_if<messages::credit_grant>(&*frame)) return on_skip(*skip);
     auto* env = std::get_if<messages::kv_envelope>(&*frame);
     if (env == nullptr)
       return arrival_checker::reject(stats_, errc::malformed, address_ + ": unexpected frame kind");
     if (!ep_.rma()) return on_tagged_envelope(std::move(*env));
     // The envelope may overtake its RMA write: it waits for the write's token.
     waiting_.push_back({std::move(*env), 0, nullptr});
+    return error{errc::ok, {}};
+  }
+
+  /// A sender's credit frame skips the ring's tail: it may only come when the ring is empty
+  /// (the sender had every byte of credit back) and must reach exactly the window's end.
+  result<segment> on_skip(const messages::credit_grant& skip) {
+    auto it = streams_.find(skip.stream_id);
+    if (it == streams_.end())
+      return arrival_checker::reject(stats_, errc::malformed,
+                                     address_ + ": ring skip for unknown stream " +
+                                         std::to_string(skip.stream_id));
+    auto& st = it->second;
+    std::lock_guard lock(st.ring->mu);
+    if (st.head != st.ring->freed_total ||
+        st.head % st.window_bytes + skip.grant_bytes != st.window_bytes)
+      return arrival_checker::reject(
+          stats_, errc::malformed,
+          address_ + ": ring skip of " + std::to_string(skip.grant_bytes) + " bytes at " +
+              std::to_string(st.head % st.window_bytes) + " breaks the ring");
+    st.head += skip.grant_bytes;
+    st.ring->freed_total += skip.grant_bytes;
     return error{errc::ok, {}};
   }
 
@@ -856,8 +900,27 @@ public:
     const std::uint64_t sequence = sequence_;
     for (int i = 0; i < copies; ++i) {
       // Ring allocation: contiguous, in order, skipping the tail when it does not fit.
-      const std::uint64_t pos = head_ % window_;
-      const std::uint64_t pad = pos + n > window_ ? window_ - pos : 0;
+      std::uint64_t pos = head_ % window_;
+      std::uint64_t pad = pos + n > window_ ? window_ - pos : 0;
+      if (pad + n > window_) {
+        // The tail and the segment together exceed the window (a segment larger than the
+        // ring's position, in a window smaller than twice it): no credit could ever cover
+        // both. Once the ring is empty, skip the tail on its own (a credit frame from the
+        // sender: the receiver moves its head to the wrap point, charging nothing).
+        while (credit_ < window_)
+          if (auto r = pump(deadline); !r)
+            return fail(r.code(), name_ + ": the ring did not drain for a " + std::to_string(n) +
+                                      "-byte segment within " + std::to_string(timeout.count()) +
+                                      " ms (" + std::to_string(window_ - credit_) +
+                                      " bytes unreleased)");
+        if (auto r =
+                ep_.send_ctrl(peer_, messages::credit_grant{stream_id_, pad, 0, 0, 0, 0}, deadline);
+            !r)
+          return r;
+        head_ += pad;
+        pos = 0;
+        pad = 0;
+      }
       while (credit_ < pad + n)
         if (auto r = pump(deadline); !r)
           return fail(r.code(), name_ + ": no credit for " + std::to_string(n) + " bytes within " +

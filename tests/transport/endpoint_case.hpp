@@ -7,6 +7,7 @@
 
 #include "transport/transport.hpp"
 
+#include <cstddef>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -21,6 +22,17 @@ struct endpoint_case {
   transport::options options(transport::options base = {}) const {
     if (tagged) base.fabric_payload = transport::options::fabric_payload_mode::tagged;
     return base;
+  }
+
+  /// This case's options for segments up to `segment_bytes_max` in a window of
+  /// `window_bytes`: a fabric receiver faults its whole window in when a sender says hello
+  /// (128 MiB by default, about a second of page faults on a loaded VM here), so tests size
+  /// the window to what they send.
+  transport::options sized(std::size_t segment_bytes_max, std::size_t window_bytes) const {
+    transport::options o = options();
+    o.segment_bytes_max = segment_bytes_max;
+    o.window_bytes = window_bytes;
+    return o;
   }
 
   /// transport_peer's arguments for this case: `args`, after the payload flag when tagged.

@@ -16,8 +16,11 @@ namespace {
 
 using mode = options::fabric_payload_mode;
 
+/// A 1 MiB window (the receiver faults it in at hello), payloads moved as `m` says.
 options with(mode m) {
   options o;
+  o.segment_bytes_max = 1 << 20;
+  o.window_bytes = 1 << 20;
   o.fabric_payload = m;
   return o;
 }
