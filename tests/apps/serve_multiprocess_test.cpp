@@ -298,23 +298,31 @@ TEST_CASE("duet serve --nodes-listen serves a prefill node and a decode node pro
 
 TEST_CASE("duet serve --nodes-listen exits with a clear error when a node does not join in time") {
   duet_process serve{with({"serve", "--nodes-listen", "127.0.0.1:0", "--nodes", "2", "--port", "0",
-                           "--nodes-join-timeout-ms", "500"},
+                           "--nodes-join-timeout-ms", "2000"},
                           model_args())};
   auto address = serve.wait_for_line("nodes listening on ");
   INFO("serve log:\n" << serve.log());
   REQUIRE(address);
   // One node joins; the second never comes.
   auto decode = start_node(*address, "decode", "zmq+tcp");
+  // "<pid>: joined as node 0", or an error (on stderr) when it came after serve gave up.
+  auto node_said = decode->wait_for_line("node pid ");
+  const bool joined = node_said && node_said->find("joined as node") != std::string::npos;
   CHECK(serve.wait_exit() == 1);
   const auto log = serve.log();
-  INFO("serve log:\n" << log);
-  CHECK(log.find("duet: error: controller: 1 of 2 nodes joined within 500 ms") !=
-        std::string::npos);
+  INFO("serve log:\n" << log << "node log:\n" << decode->log());
+  if (joined) {
+    CHECK(log.find("duet: error: controller: 1 of 2 nodes joined within 2000 ms") !=
+          std::string::npos);
+    CHECK(decode->wait_exit() == 0); // it returns once the controller is gone
+  } else {
+    // Only on a machine so loaded that starting the node took longer than the timeout.
+    WARN("the node did not join within 2000 ms; checking the 0-of-2 message instead");
+    CHECK(log.find("duet: error: controller: 0 of 2 nodes joined within 2000 ms") !=
+          std::string::npos);
+  }
   CHECK(log.find("duet node --join " + *address) != std::string::npos);
   CHECK(log.find("listening on http://") == std::string::npos);
-  // The node that joined returns once the controller is gone.
-  INFO("node log:\n" << decode->log());
-  CHECK(decode->wait_exit() == 0);
 }
 
 TEST_CASE("duet serve --nodes-listen stops cleanly on SIGTERM while it waits for nodes") {
