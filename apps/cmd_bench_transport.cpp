@@ -15,14 +15,17 @@ void setup_bench_transport(CLI::App& app) {
   auto opts = std::make_shared<bench::transport_bench_options>();
   auto* cmd = bench_command(app).add_subcommand(
       "transport", "KV segment throughput and latency per transport backend vs memcpy and raw zmq");
-  cmd->add_option("--backends", opts->backends, "Backends to measure")->capture_default_str();
+  cmd->add_option("--backends", opts->backends,
+                  "Backends to measure; fabric+shm/tagged, fabric+tcp/tagged force fabric's "
+                  "tagged-message payload path (/rma: RMA writes only)")
+      ->capture_default_str();
   cmd->add_option("--sizes", opts->sizes, "Segment sizes in bytes")->capture_default_str();
   cmd->add_option("--mib", opts->mib_per_point, "MiB streamed per backend and size")
       ->capture_default_str();
   cmd->callback([opts] {
     auto points = bench::run_transport_bench(*opts);
     const std::size_t env = bench::envelope_bytes();
-    fmt::print("{:<14} {:>10} {:>9} {:>10} {:>10} {:>9}  {}\n", "backend", "size", "GB/s", "p50 us",
+    fmt::print("{:<18} {:>10} {:>9} {:>10} {:>10} {:>9}  {}\n", "backend", "size", "GB/s", "p50 us",
                "p99 us", "vs base", "note");
     std::map<std::size_t, double> memcpy_gbps, raw_tcp_gbps, raw_ipc_gbps;
     for (const auto& p : points) {
@@ -43,11 +46,11 @@ void setup_bench_transport(CLI::App& app) {
       std::string size = p.bytes >= (1u << 20) ? fmt::format("{} MiB", p.bytes >> 20)
                                                : fmt::format("{} KiB", p.bytes >> 10);
       if (!p.note.empty() && p.gbps == 0) {
-        fmt::print("{:<14} {:>10} {:>9} {:>10} {:>10} {:>9}  {}\n", p.name, size, "-", "-", "-",
+        fmt::print("{:<18} {:>10} {:>9} {:>10} {:>10} {:>9}  {}\n", p.name, size, "-", "-", "-",
                    "-", p.note);
         continue;
       }
-      fmt::print("{:<14} {:>10} {:>9.2f} {:>10.1f} {:>10.1f} {:>9}  {}\n", p.name, size, p.gbps,
+      fmt::print("{:<18} {:>10} {:>9.2f} {:>10.1f} {:>10.1f} {:>9}  {}\n", p.name, size, p.gbps,
                  p.p50_us, p.p99_us, ratio, p.note);
     }
     fmt::print("envelope: {} bytes per segment = {:.3f}% of 64 KiB, {:.4f}% of 1 MiB\n", env,

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <thread>
 #include <unistd.h>
+#include <utility>
 
 namespace duet::bench {
 
@@ -118,6 +119,20 @@ transport_point bench_raw_zmq(const transport_bench_options& o, std::size_t byte
   return p;
 }
 
+/// A backend name is an address scheme, for fabric optionally followed by "/<payload mode>"
+/// (fabric+shm/tagged, fabric+tcp/rma): the bind address and the options that go with it.
+std::pair<std::string, transport::options::fabric_payload_mode>
+split_backend(const std::string& backend) {
+  using mode = transport::options::fabric_payload_mode;
+  auto slash = backend.find('/');
+  if (slash == std::string::npos) return {backend, mode::automatic};
+  const std::string scheme = backend.substr(0, slash), suffix = backend.substr(slash + 1);
+  if (suffix == "tagged") return {scheme, mode::tagged};
+  if (suffix == "rma") return {scheme, mode::rma};
+  if (suffix == "automatic") return {scheme, mode::automatic};
+  return {backend, mode::automatic}; // not a mode: listen() reports the bad address
+}
+
 std::string bind_address(const std::string& backend) {
   if (backend == "inproc") return "inproc://bench";
   if (backend == "zmq+tcp") return "zmq+tcp://127.0.0.1:0";
@@ -131,10 +146,12 @@ transport_point bench_backend(const transport_bench_options& o, std::size_t byte
   transport_point p;
   p.name = backend;
   p.bytes = bytes;
+  const auto [scheme, payload_mode] = split_backend(backend);
   transport::options topts;
+  topts.fabric_payload = payload_mode;
   topts.segment_bytes_max = std::max<std::size_t>(bytes, 1 << 20);
   topts.window_bytes = std::max<std::size_t>(4 * bytes, 16 << 20); // room to pipeline
-  auto rx = transport::listen(bind_address(backend), topts);
+  auto rx = transport::listen(bind_address(scheme), topts);
   if (!rx) {
     p.note = rx.err().to_string();
     return p;
