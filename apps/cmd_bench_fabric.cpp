@@ -2,6 +2,7 @@
 // real embedded cluster; KV transfer broken out; recovery from a killed decode lane.
 // bench/fabric_bench.hpp says what each figure measures.
 #include "apps/command.hpp"
+#include "apps/progress.hpp"
 #include "bench/fabric_bench.hpp"
 
 #include <fmt/core.h>
@@ -38,7 +39,10 @@ void setup_bench_fabric(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--threads", o->threads, "Engine threads per actor")->capture_default_str();
   cmd->callback([o] {
+    progress bar("bench fabric");
+    o->on_progress = [&bar](double fraction, std::string_view step) { bar.update(fraction, step); };
     auto r = bench::run_fabric_bench(*o);
+    bar.finish("measured");
     fmt::print("model {}  prompt {} tokens  output {} tokens  transport {}  split {}  chunk {}\n",
                r.model, r.prompt_tokens, o->max_tokens, o->transport, o->prefill_split,
                o->chunk_tokens);

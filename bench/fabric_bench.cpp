@@ -89,15 +89,33 @@ actors::cluster_config base_config(const fabric_bench_options& o) {
   return cfg;
 }
 
+/// Counts finished requests for on_progress.
+class progress_counter {
+public:
+  progress_counter(const fabric_bench_options& o)
+      : o_(o), total_(2.0 * (o.requests + 1) + 2.0 * std::max(0, o.recoveries)) {}
+  void step(std::string_view what) {
+    if (o_.on_progress) o_.on_progress(std::min(1.0, done_++ / total_), what);
+  }
+
+private:
+  const fabric_bench_options& o_;
+  double total_;
+  double done_ = 0;
+};
+
 fabric_mode_result run_mode(actors::cluster& c, const std::vector<int>& prompt,
-                            const fabric_bench_options& o, actors::placement_mode mode) {
+                            const fabric_bench_options& o, actors::placement_mode mode,
+                            progress_counter& progress) {
   fabric_mode_result r;
   r.mode = mode == actors::placement_mode::integrated ? "integrated" : "disaggregated";
   std::vector<double> ttft, tpot;
   // One warm-up request (first-touch of the KV pools and transport buffers).
+  progress.step(r.mode);
   run_one(c, r.mode + "-warmup", prompt, o.max_tokens, mode);
   auto before = c.stats();
   for (int i = 0; i < o.requests; ++i) {
+    progress.step(r.mode);
     auto t = run_one(c, fmt::format("{}-{}", r.mode, i), prompt, o.max_tokens, mode);
     ttft.push_back(ms_since(t.submitted, t.token_times.front()));
     for (std::size_t k = 1; k < t.token_times.size(); ++k)
@@ -132,13 +150,15 @@ latency_summary summarize(std::vector<double> samples_ms) {
 
 fabric_bench_result run_fabric_bench(const fabric_bench_options& o) {
   fabric_bench_result result;
+  progress_counter progress{o};
   {
     auto cluster = actors::make_embedded_cluster(base_config(o));
     auto prompt = make_prompt(cluster->tokenizer(), o.prompt_tokens);
     result.model = cluster->model_name();
     result.prompt_tokens = int(prompt.size());
-    result.integrated = run_mode(*cluster, prompt, o, actors::placement_mode::integrated);
-    result.disaggregated = run_mode(*cluster, prompt, o, actors::placement_mode::disaggregated);
+    result.integrated = run_mode(*cluster, prompt, o, actors::placement_mode::integrated, progress);
+    result.disaggregated =
+        run_mode(*cluster, prompt, o, actors::placement_mode::disaggregated, progress);
     auto& d = result.disaggregated;
     if (d.kv_send_ms_per_request > 0)
       result.transport_gbps = d.kv_bytes_per_request / (d.kv_send_ms_per_request * 1e6);
@@ -161,6 +181,7 @@ fabric_bench_result run_fabric_bench(const fabric_bench_options& o) {
       crash.target = actors::actor_kind::decode_lane;
       crash.after_tokens = int(lane_tokens) + crash_after - 1;
       cluster->faults().add_rule(crash);
+      progress.step("recovery from a killed decode lane");
       auto t = run_one(*cluster, fmt::format("recover-{}", i), prompt, o.max_tokens,
                        actors::placement_mode::disaggregated);
       if (t.result.restarts != 1)
@@ -173,6 +194,7 @@ fabric_bench_result run_fabric_bench(const fabric_bench_options& o) {
       // The new lane decoded the rest of the request after re-placement (its first token came
       // from the prefill side again).
       lane_tokens = std::int64_t(o.max_tokens) - crash_after - 1;
+      progress.step("recompute floor");
       auto base = run_one(
           *cluster, fmt::format("recompute-{}", i),
           [&] {
@@ -184,6 +206,7 @@ fabric_bench_result run_fabric_bench(const fabric_bench_options& o) {
       recompute.push_back(ms_since(base.submitted, base.token_times.front()));
     }
     result.recovery = summarize(gaps);
+    if (o.on_progress) o.on_progress(1.0, "done");
     result.recompute = summarize(recompute);
   }
   return result;

@@ -12,7 +12,9 @@
 //    token before the crash to the first one after (restart + re-place + recompute).
 
 #include <cstdint>
+#include <functional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace duet::bench {
@@ -28,6 +30,9 @@ struct fabric_bench_options {
   int chunk_tokens = 32;
   int recoveries = 10; ///< decode lanes killed, one per request
   int threads = 1;     ///< engine threads per actor
+  /// Told (fraction done 0..1, step name) as requests finish; may be empty. The command line
+  /// shows it as a progress bar on a terminal, plain lines otherwise.
+  std::function<void(double, std::string_view)> on_progress;
 };
 
 struct latency_summary {
