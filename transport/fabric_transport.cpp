@@ -573,15 +573,22 @@ private:
     return error{errc::ok, {}};
   }
 
+  /// The stream a frame names, or a malformed rejection (`what` for the context).
+  result<fabric_stream*> stream_of(std::uint64_t id, const char* what) {
+    auto it = streams_.find(id);
+    if (it == streams_.end())
+      return arrival_checker::reject(stats_, errc::malformed,
+                                     address_ + ": " + what + " for unknown stream " +
+                                         std::to_string(id));
+    return &it->second;
+  }
+
   /// A sender's credit frame skips the ring's tail: it may only come when the ring is empty
   /// (the sender had every byte of credit back) and must reach exactly the window's end.
   result<segment> on_skip(const messages::credit_grant& skip) {
-    auto it = streams_.find(skip.stream_id);
-    if (it == streams_.end())
-      return arrival_checker::reject(stats_, errc::malformed,
-                                     address_ + ": ring skip for unknown stream " +
-                                         std::to_string(skip.stream_id));
-    auto& st = it->second;
+    auto found = stream_of(skip.stream_id, "ring skip");
+    if (!found) return found.err();
+    auto& st = **found;
     std::lock_guard lock(st.ring->mu);
     if (st.head != st.ring->freed_total ||
         st.head % st.window_bytes + skip.grant_bytes != st.window_bytes)
@@ -597,14 +604,12 @@ private:
   /// Tagged mode: the envelope comes first; its region is taken from the ring now and a
   /// receive is posted into it (post_receives) on the segment's payload tag.
   result<segment> on_tagged_envelope(messages::kv_envelope env) {
-    auto it = streams_.find(env.stream_id);
-    if (it == streams_.end()) {
+    auto found = stream_of(env.stream_id, "segment");
+    if (!found) {
       discard(env);
-      return arrival_checker::reject(stats_, errc::malformed,
-                                     address_ + ": segment for unknown stream " +
-                                         std::to_string(env.stream_id));
+      return found.err();
     }
-    auto start = take_region(it->second, env);
+    auto start = take_region(**found, env);
     if (!start) {
       discard(env);
       return start.err();
@@ -722,12 +727,9 @@ private:
 
   /// RMA mode: the write has landed; take its region and check the bytes in place.
   result<segment> on_segment(const messages::kv_envelope& env) {
-    auto it = streams_.find(env.stream_id);
-    if (it == streams_.end())
-      return arrival_checker::reject(stats_, errc::malformed,
-                                     address_ + ": segment for unknown stream " +
-                                         std::to_string(env.stream_id));
-    auto& st = it->second;
+    auto found = stream_of(env.stream_id, "segment");
+    if (!found) return found.err();
+    auto& st = **found;
     auto start = take_region(st, env);
     if (!start) return start.err();
     buffer payload = window_buffer(st, *start, env.remote_offset, env.remote_length);
@@ -739,14 +741,11 @@ private:
   /// Tagged mode: the payload receive completed; check the bytes in place.
   result<segment> on_tagged_landed(const fabric_arrival& a) {
     const auto& env = a.env;
-    auto it = streams_.find(env.stream_id);
-    if (it == streams_.end())
-      return arrival_checker::reject(stats_, errc::malformed,
-                                     address_ + ": stream " + std::to_string(env.stream_id) +
-                                         " was replaced before its payload arrived");
+    auto found = stream_of(env.stream_id, "payload");
+    if (!found) return found.err();
     // The buffer frees the region whatever the verdict (dropping it returns the credit).
     const std::size_t len = a.recv->err == 0 ? a.recv->len : env.remote_length;
-    buffer payload = window_buffer(it->second, a.start, env.remote_offset, len);
+    buffer payload = window_buffer(**found, a.start, env.remote_offset, len);
     if (a.recv->err == FI_ETRUNC)
       return arrival_checker::reject(stats_, errc::truncated,
                                      address_ + ": the payload message is longer than the " +
