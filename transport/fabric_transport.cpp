@@ -463,6 +463,7 @@ struct fabric_arrival {
   /// the receive posted into it (null until posted).
   std::uint64_t start = 0;
   std::unique_ptr<fabric_op> recv;
+  std::shared_ptr<fabric_ring> ring; ///< tagged: the ring the region was taken from
 };
 
 class fabric_receiver final : public receiver {
@@ -569,7 +570,7 @@ private:
       return arrival_checker::reject(stats_, errc::malformed, address_ + ": unexpected frame kind");
     if (!ep_.rma()) return on_tagged_envelope(std::move(*env));
     // The envelope may overtake its RMA write: it waits for the write's token.
-    waiting_.push_back({std::move(*env), 0, nullptr});
+    waiting_.push_back({std::move(*env), 0, nullptr, nullptr});
     return error{errc::ok, {}};
   }
 
@@ -614,7 +615,7 @@ private:
       discard(env);
       return start.err();
     }
-    waiting_.push_back({std::move(env), *start, nullptr});
+    waiting_.push_back({std::move(env), *start, nullptr, (*found)->ring});
     return error{errc::ok, {}};
   }
 
@@ -638,7 +639,7 @@ private:
       auto it = streams_.find(a.env.stream_id);
       a.recv = std::make_unique<fabric_op>();
       a.recv->kind = fabric_op::payload_recv;
-      if (it == streams_.end()) { // the stream was replaced: nothing to receive into
+      if (it == streams_.end() || it->second.ring != a.ring) { // the stream was replaced
         a.recv->done = true;
         a.recv->err = FI_ECANCELED;
         ++posted_;
@@ -718,10 +719,10 @@ private:
 
   /// A buffer over `len` bytes of the window at `offset` whose release frees the ring region
   /// that starts at virtual offset `start`.
-  static buffer window_buffer(const fabric_stream& st, std::uint64_t start, std::uint64_t offset,
-                              std::size_t len) {
-    std::byte* data = st.ring->memory.get() + offset;
-    std::shared_ptr<void> owner(data, [ring = st.ring, start](void*) { ring->release(start); });
+  static buffer window_buffer(const std::shared_ptr<fabric_ring>& ring, std::uint64_t start,
+                              std::uint64_t offset, std::size_t len) {
+    std::byte* data = ring->memory.get() + offset;
+    std::shared_ptr<void> owner(data, [ring, start](void*) { ring->release(start); });
     return buffer::share(std::move(owner), data, len);
   }
 
@@ -732,7 +733,7 @@ private:
     auto& st = **found;
     auto start = take_region(st, env);
     if (!start) return start.err();
-    buffer payload = window_buffer(st, *start, env.remote_offset, env.remote_length);
+    buffer payload = window_buffer(st.ring, *start, env.remote_offset, env.remote_length);
     auto ok = checker_.check(env.stream_id, env, payload.bytes(), stats_);
     if (!ok) return ok.err();
     return segment{env.header, std::move(payload)};
@@ -741,11 +742,9 @@ private:
   /// Tagged mode: the payload receive completed; check the bytes in place.
   result<segment> on_tagged_landed(const fabric_arrival& a) {
     const auto& env = a.env;
-    auto found = stream_of(env.stream_id, "payload");
-    if (!found) return found.err();
     // The buffer frees the region whatever the verdict (dropping it returns the credit).
     const std::size_t len = a.recv->err == 0 ? a.recv->len : env.remote_length;
-    buffer payload = window_buffer(**found, a.start, env.remote_offset, len);
+    buffer payload = window_buffer(a.ring, a.start, env.remote_offset, len);
     if (a.recv->err == FI_ETRUNC)
       return arrival_checker::reject(stats_, errc::truncated,
                                      address_ + ": the payload message is longer than the " +
