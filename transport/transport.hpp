@@ -2,7 +2,8 @@
 
 // One interface for moving KV segments (header + payload bytes) from a prefill node to a decode
 // node, with three backends behind it: inproc (same process, no copy), zmq (tcp, ipc) and
-// fabric (libfabric RDM: shm, tcp, verbs, efa; RMA writes into receiver memory).
+// fabric (libfabric RDM: shm, tcp, verbs, efa; RMA writes into receiver memory, or tagged
+// sends into posted receives where the provider has no RMA: options::fabric_payload).
 //
 // The receiver binds first and reports its concrete address; the control plane carries that
 // string to the sender, which connects. Flow control is receiver-driven: each sender may have
@@ -130,13 +131,13 @@ public:
   /// Waits for credit up to `timeout` (then errc::timeout; the segment is not sent).
   /// oversized when the payload exceeds segment_bytes_max or the receiver's window.
   /// Returns once the payload is handed to the backend (inproc: queued; zmq: given to libzmq,
-  /// may still be in flight); fabric: once the RMA write and its envelope are posted (up to
-  /// 64 in flight within the window); the sender holds the payload until the write completes,
-  /// and a per-sender progress thread drives completions while the caller is idle (some
-  /// providers need the initiator's progress to finish a write).
+  /// may still be in flight); fabric: once the RMA write (or tagged send) and its envelope are
+  /// posted (up to 64 in flight within the window); the sender holds the payload until the
+  /// operation completes, and a per-sender progress thread drives completions while the caller
+  /// is idle (some providers need the initiator's progress to finish a transfer).
   virtual result<void> send(segment seg, milliseconds timeout) = 0;
 
-  /// Waits until every segment sent so far has left this process (fabric: RMA completed;
+  /// Waits until every segment sent so far has left this process (fabric: write or send done;
   /// zmq: handed to the socket; inproc: queued). Errors as for send().
   virtual result<void> flush(milliseconds timeout) = 0;
 
