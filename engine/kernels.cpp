@@ -69,7 +69,8 @@ inline float weight_at(dtype t, const std::uint8_t* row, std::int64_t k) {
 
 /// Quantizes n activation rows of `cols` values (32 | cols) into q8 blocks, as ggml's
 /// quantize_row_q8_0 does but with an f32 scale: d = max|x| / 127, q = round(x / d).
-/// out is [n][cols / 32]. Scalar on purpose: it runs once per token, not once per weight.
+/// out is [n][cols / 32]. The scalar kernels' version; the AVX2 matmul has its own
+/// (quantize_activations_avx2), which computes the same values.
 void quantize_activations(const float* x, std::int64_t x_stride, int n, std::int64_t cols,
                           std::vector<q8_activation_block>& out) {
   const std::int64_t blocks = cols / 32;
@@ -82,9 +83,10 @@ void quantize_activations(const float* x, std::int64_t x_stride, int n, std::int
       for (int i = 0; i < 32; ++i) amax = std::max(amax, std::abs(xt[b * 32 + i]));
       blk.d = amax / 127.0f;
       const float id = blk.d != 0.0f ? 1.0f / blk.d : 0.0f;
+      // Round half to even, as the AVX2 version's _mm256_cvtps_epi32 does.
       for (int i = 0; i < 32; ++i)
-        blk.qs[i] =
-            static_cast<std::int8_t>(std::clamp(std::round(xt[b * 32 + i] * id), -127.0f, 127.0f));
+        blk.qs[i] = static_cast<std::int8_t>(
+            std::clamp(std::nearbyint(xt[b * 32 + i] * id), -127.0f, 127.0f));
     }
   }
 }
@@ -315,6 +317,42 @@ DUET_AVX2 void tile_q8_0(const tensor_view& w, std::int64_t r0, const q8_activat
   for (int j = 0; j < NT; ++j) y[(t0 + j) * y_stride + r0 + i] = hsum(acc[i][j]);
 }
 
+/// quantize_activations, 8 lanes at a time (the same d, and the same rounding: half to even).
+/// It runs for every q8_0 matmul call on every thread, so a scalar loop with a libm round per
+/// value cost as much as the matmul itself in prefill.
+DUET_AVX2 void quantize_activations_avx2(const float* x, std::int64_t x_stride, int n,
+                                         std::int64_t cols, std::vector<q8_activation_block>& out) {
+  const std::int64_t blocks = cols / 32;
+  out.resize(static_cast<std::size_t>(n * blocks));
+  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+  for (int t = 0; t < n; ++t) {
+    const float* xt = x + static_cast<std::int64_t>(t) * x_stride;
+    for (std::int64_t b = 0; b < blocks; ++b) {
+      auto& blk = out[static_cast<std::size_t>(t * blocks + b)];
+      __m256 v[4];
+      __m256 amax = _mm256_setzero_ps();
+      DUET_UNROLL
+      for (int k = 0; k < 4; ++k) {
+        v[k] = _mm256_loadu_ps(xt + b * 32 + k * 8);
+        amax = _mm256_max_ps(amax, _mm256_and_ps(v[k], abs_mask));
+      }
+      __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+      m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+      m = _mm_max_ss(m, _mm_movehdup_ps(m));
+      blk.d = _mm_cvtss_f32(m) / 127.0f;
+      const __m256 id = _mm256_set1_ps(blk.d != 0.0f ? 1.0f / blk.d : 0.0f);
+      __m256i q[4];
+      DUET_UNROLL
+      for (int k = 0; k < 4; ++k) q[k] = _mm256_cvtps_epi32(_mm256_mul_ps(v[k], id));
+      // int32 -> int16 -> int8 packs interleave 128-bit lanes; the permute puts them back.
+      const __m256i q16a = _mm256_packs_epi32(q[0], q[1]), q16b = _mm256_packs_epi32(q[2], q[3]);
+      const __m256i q8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(q16a, q16b),
+                                                     _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(blk.qs), q8);
+    }
+  }
+}
+
 /// q8_0 over n tokens: the activations are quantized once per call. One token: 8-row gemv
 /// groups streaming the weights (with prefetch); more: 2-row x 4-token tiles (the 2 rows,
 /// 2 * 34 * cols / 32 bytes, stay in L1 while every token passes).
@@ -322,7 +360,7 @@ DUET_AVX2 void matmul_q8_0_avx2(const tensor_view& w, const float* x, std::int64
                                 float* y, std::int64_t y_stride, std::int64_t row_begin,
                                 std::int64_t row_end) {
   thread_local std::vector<q8_activation_block> xq;
-  quantize_activations(x, x_stride, n, w.cols, xq);
+  quantize_activations_avx2(x, x_stride, n, w.cols, xq);
   const std::int64_t blocks = w.cols / 32;
   std::int64_t r = row_begin;
   if (n == 1) {
