@@ -30,7 +30,7 @@ thread_pool::thread_pool(int threads) {
 thread_pool::~thread_pool() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    stop_.store(true);
+    stop_ = true;
   }
   wake_.notify_all();
   for (auto& t : workers_) t.join();
@@ -44,10 +44,9 @@ void thread_pool::run(std::int64_t n, task_fn fn, void* ctx) {
   chunks_ = std::min<std::int64_t>(n, chunks_per_thread * threads());
   next_ = 0;
   open_ = true;
-  generation_.fetch_add(1, std::memory_order_release);
-  const bool sleeping = sleepers_ > 0; // spinning workers see generation_ by themselves
+  ++generation_;
   lock.unlock();
-  if (sleeping) wake_.notify_all();
+  wake_.notify_all();
   lock.lock();
   run_chunks(lock, 0);
   // Every chunk is claimed: late workers must not start, running ones must finish (ctx lives
@@ -72,21 +71,9 @@ void thread_pool::worker_main(int index) {
   std::uint64_t seen = 0;
   std::unique_lock<std::mutex> lock(mutex_);
   for (;;) {
-    // Poll for the next job for a bounded time, without the lock, then sleep.
-    lock.unlock();
-    const auto until = std::chrono::steady_clock::now() + spin_before_sleep;
-    for (int i = 0; generation_.load(std::memory_order_acquire) == seen && !stop_.load(); ++i) {
-      if ((i & 63) == 63 && std::chrono::steady_clock::now() >= until) break;
-#if defined(__x86_64__) || defined(__i386__)
-      __builtin_ia32_pause();
-#endif
-    }
-    lock.lock();
-    ++sleepers_;
-    wake_.wait(lock, [&] { return stop_.load() || generation_.load() != seen; });
-    --sleepers_;
-    if (stop_.load()) return;
-    seen = generation_.load();
+    wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
+    if (stop_) return;
+    seen = generation_;
     if (!open_) continue;
     ++active_;
     run_chunks(lock, index);

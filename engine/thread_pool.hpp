@@ -1,14 +1,9 @@
 #pragma once
 
 // A small persistent pool for the forward pass's outer loops. The engine shares 2 cores with
-// CAF's scheduler, so idle workers sleep on a condition variable, and the calling thread does a
-// share of the work itself: threads = 1 means no extra thread at all. Between the jobs of one
-// forward pass (dozens of matmuls per token, each ~0.1 ms) a worker spins for at most
-// spin_before_sleep before it sleeps: waking a sleeper costs a futex round trip that, on this
-// VM, was as long as a small matmul. An idle pool spins never longer than that bound.
+// CAF's scheduler, so idle workers sleep on a condition variable (never spin), and the calling
+// thread does a share of the work itself: threads = 1 means no extra thread at all.
 
-#include <atomic>
-#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
@@ -45,9 +40,6 @@ public:
         &fn);
   }
 
-  /// How long a worker that finished a job polls for the next before it sleeps.
-  static constexpr std::chrono::microseconds spin_before_sleep{100};
-
 private:
   using task_fn = void (*)(void* ctx, std::int64_t begin, std::int64_t end, int worker);
   void run(std::int64_t n, task_fn fn, void* ctx);
@@ -62,15 +54,12 @@ private:
   task_fn fn_ = nullptr;
   void* ctx_ = nullptr;
   std::int64_t n_ = 0;
-  /// Bumped (under mutex_) per job so workers know there is new work; read without the lock
-  /// while spinning.
-  std::atomic<std::uint64_t> generation_{0};
-  std::atomic<bool> stop_{false};
-  int sleepers_ = 0;        ///< workers blocked on wake_ (a job notifies only when there are some)
-  std::int64_t chunks_ = 0; ///< chunks of the current job
-  std::int64_t next_ = 0;   ///< next unclaimed chunk
-  bool open_ = false;       ///< the caller still waits on the current job
-  int active_ = 0;          ///< workers inside the current job
+  std::uint64_t generation_ = 0; ///< bumped per job so sleepers know there is new work
+  std::int64_t chunks_ = 0;      ///< chunks of the current job
+  std::int64_t next_ = 0;        ///< next unclaimed chunk
+  bool open_ = false;            ///< the caller still waits on the current job
+  int active_ = 0;               ///< workers inside the current job
+  bool stop_ = false;
 };
 
 } // namespace duet::engine
