@@ -1,10 +1,7 @@
 // End-to-end tests of `duet serve`: the real binary, the real embedded cluster (stories260K,
 // 1 prefill + 1 decode node), real HTTP over loopback. References come from the engine itself
 // (greedy loop as `duet generate` runs it) and from the `duet generate` command's output.
-#include "engine/forward.hpp"
-#include "engine/kv_cache.hpp"
-#include "engine/model_file.hpp"
-#include "engine/sampler.hpp"
+#include "greedy_reference.hpp"
 #include "http_test_client.hpp"
 #include "prometheus_text.hpp"
 #include "serve_process.hpp"
@@ -21,53 +18,6 @@
 using json = nlohmann::json;
 
 namespace {
-
-/// Greedy tokens of the engine alone, as `duet generate --temperature 0` computes them.
-std::vector<int> engine_greedy(const std::string& prompt_text, int steps,
-                               std::vector<int>* prompt_out = nullptr) {
-  using namespace duet::engine;
-  auto model =
-      open_model(duet::test::model_file("stories260K.bin"), duet::test::model_file("tok512.bin"));
-  const auto& cfg = model.weights->config;
-  runner run(*model.weights, runner_options{1, 64});
-  auto kv_cfg = kv_cache_config::for_model(cfg, 0, cfg.n_layers, 0, dtype::f32);
-  kv_cfg.blocks_max = kv_cfg.blocks_for(1);
-  kv_cache kv(kv_cfg);
-  auto prompt = model.tok.encode(prompt_text, true);
-  if (prompt_out) *prompt_out = prompt;
-  const seq_id seq = 1;
-  kv.seq_add(seq);
-  kv.seq_reserve(seq, static_cast<int>(prompt.size()));
-  std::vector<float> logits(static_cast<std::size_t>(cfg.vocab_size));
-  run.prefill(kv, seq, 0, prompt, logits);
-  sampler greedy(sampler_config{}, cfg.vocab_size);
-  std::vector<int> out;
-  int pos = static_cast<int>(prompt.size()) - 1;
-  while (static_cast<int>(out.size()) < steps) {
-    int next = greedy.sample(logits);
-    out.push_back(next);
-    if (next == model.tok.bos_id() || next == model.tok.eos_id()) break;
-    ++pos;
-    kv.seq_reserve(seq, pos + 1);
-    decode_item item{seq, next, pos};
-    run.decode_batch(kv, std::span(&item, 1), logits);
-  }
-  return out;
-}
-
-std::string run_generate(const std::string& prompt, int steps) {
-  std::string cmd = std::string{DUET_BINARY_DIR} + "/duet generate --model " +
-                    duet::test::model_file("stories260K.bin") + " --tokenizer " +
-                    duet::test::model_file("tok512.bin") + " --temperature 0 -n " +
-                    std::to_string(steps) + " --prompt '" + prompt + "' 2>/dev/null";
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  char buf[4096];
-  for (std::size_t n; (n = fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
-  REQUIRE(pclose(p) == 0);
-  return out;
-}
 
 struct streamed {
   std::string text;
@@ -118,7 +68,7 @@ TEST_CASE(
   const std::string prompt = "Once upon a time";
   const int steps = 48;
   std::vector<int> prompt_ids;
-  const auto reference = engine_greedy(prompt, steps, &prompt_ids);
+  const auto reference = duet::test::engine_greedy(prompt, steps, &prompt_ids);
   REQUIRE(reference.size() == static_cast<std::size_t>(steps)); // no early stop: unambiguous
   duet::test::serve_process serve{{}};
   const std::string body = json{
@@ -138,7 +88,8 @@ TEST_CASE(
   CHECK(pj["usage"]["prompt_tokens"] == prompt_ids.size());
   CHECK(pj["usage"]["completion_tokens"] == steps);
   // `duet generate` echoes the prompt, then the completion, then a newline.
-  CHECK(run_generate(prompt, steps) == prompt + pj["choices"][0]["text"].get<std::string>() + "\n");
+  CHECK(duet::test::run_generate(prompt, steps) ==
+        prompt + pj["choices"][0]["text"].get<std::string>() + "\n");
 
   auto stream_body = json::parse(body);
   stream_body["stream"] = true;
@@ -153,7 +104,7 @@ TEST_CASE(
 
   // Chat: the documented template turns the messages into a prompt; same tokens as the engine
   // given that prompt.
-  const auto chat_reference = engine_greedy("User: Tell me a story.\nAssistant:", 24);
+  const auto chat_reference = duet::test::engine_greedy("User: Tell me a story.\nAssistant:", 24);
   json chat = {{"messages", {{{"role", "user"}, {"content", "Tell me a story."}}}},
                {"max_tokens", chat_reference.size()},
                {"temperature", 0},
@@ -262,7 +213,7 @@ TEST_CASE("64 concurrent streaming clients all complete with no token lost or re
                                             "One day"};
   const int steps = 32;
   std::vector<std::vector<int>> references;
-  for (const auto& p : prompts) references.push_back(engine_greedy(p, steps));
+  for (const auto& p : prompts) references.push_back(duet::test::engine_greedy(p, steps));
   duet::test::serve_process serve{{}};
   constexpr int clients = 64;
   std::vector<streamed> results(clients);

@@ -4,10 +4,7 @@
 // References come from the engine's own greedy loop and from `duet generate`. Every wait is
 // bounded; every child process is stopped and reaped by its destructor.
 #include "apps/config.hpp"
-#include "engine/forward.hpp"
-#include "engine/kv_cache.hpp"
-#include "engine/model_file.hpp"
-#include "engine/sampler.hpp"
+#include "greedy_reference.hpp"
 #include "http_test_client.hpp"
 #include "prometheus_text.hpp"
 #include "tests/support/models.hpp"
@@ -154,52 +151,6 @@ std::unique_ptr<duet_process> start_node(const std::string& address, const std::
       with({"node", "--join", address, "--role", role, "--transport", transport}, model_args()));
 }
 
-/// Greedy tokens of the engine alone, as `duet generate --temperature 0` computes them.
-std::vector<int> engine_greedy(const std::string& prompt_text, int steps) {
-  using namespace duet::engine;
-  auto model =
-      open_model(duet::test::model_file("stories260K.bin"), duet::test::model_file("tok512.bin"));
-  const auto& cfg = model.weights->config;
-  runner run(*model.weights, runner_options{1, 64});
-  auto kv_cfg = kv_cache_config::for_model(cfg, 0, cfg.n_layers, 0, dtype::f32);
-  kv_cfg.blocks_max = kv_cfg.blocks_for(1);
-  kv_cache kv(kv_cfg);
-  auto prompt = model.tok.encode(prompt_text, true);
-  const seq_id seq = 1;
-  kv.seq_add(seq);
-  kv.seq_reserve(seq, static_cast<int>(prompt.size()));
-  std::vector<float> logits(static_cast<std::size_t>(cfg.vocab_size)); // [vocab]
-  run.prefill(kv, seq, 0, prompt, logits);
-  sampler greedy(sampler_config{}, cfg.vocab_size);
-  std::vector<int> out;
-  int pos = static_cast<int>(prompt.size()) - 1;
-  while (static_cast<int>(out.size()) < steps) {
-    int next = greedy.sample(logits);
-    out.push_back(next);
-    if (next == model.tok.bos_id() || next == model.tok.eos_id()) break;
-    ++pos;
-    kv.seq_reserve(seq, pos + 1);
-    decode_item item{seq, next, pos};
-    run.decode_batch(kv, std::span(&item, 1), logits);
-  }
-  return out;
-}
-
-/// `duet generate`'s greedy output: the prompt, the completion, a newline.
-std::string run_generate(const std::string& prompt, int steps) {
-  std::string cmd = std::string{DUET_BINARY_DIR} + "/duet generate --model " +
-                    duet::test::model_file("stories260K.bin") + " --tokenizer " +
-                    duet::test::model_file("tok512.bin") + " --temperature 0 -n " +
-                    std::to_string(steps) + " --prompt '" + prompt + "' 2>/dev/null";
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  REQUIRE(p != nullptr);
-  char buf[4096];
-  for (std::size_t n; (n = fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
-  REQUIRE(pclose(p) == 0);
-  return out;
-}
-
 duet::apps::option_values with_flag(duet::apps::option_values values, const std::string& flag,
                                     const std::string& value) {
   values[flag] = {value};
@@ -239,7 +190,7 @@ TEST_CASE("duet serve --nodes-listen serves a prefill node and a decode node pro
   INFO("node transport " << transport);
   const std::string prompt = "Once upon a time";
   const int steps = 40;
-  const auto reference = engine_greedy(prompt, steps);
+  const auto reference = duet::test::engine_greedy(prompt, steps);
   REQUIRE(reference.size() == static_cast<std::size_t>(steps)); // no early stop: unambiguous
 
   // Disaggregated placement: every request's KV crosses from the prefill node process to the
@@ -273,7 +224,7 @@ TEST_CASE("duet serve --nodes-listen serves a prefill node and a decode node pro
   CHECK(pj["choices"][0]["finish_reason"] == "length");
   CHECK(pj["usage"]["completion_tokens"] == steps);
   const std::string text = pj["choices"][0]["text"];
-  CHECK(run_generate(prompt, steps) == prompt + text + "\n");
+  CHECK(duet::test::run_generate(prompt, steps) == prompt + text + "\n");
 
   auto stream_body = json::parse(body);
   stream_body["stream"] = true;
