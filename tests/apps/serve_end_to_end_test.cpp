@@ -5,6 +5,7 @@
 #include "http_test_client.hpp"
 #include "prometheus_text.hpp"
 #include "serve_process.hpp"
+#include "streamed_completion.hpp"
 #include "tests/support/models.hpp"
 
 #include <catch2/catch.hpp>
@@ -18,38 +19,6 @@
 using json = nlohmann::json;
 
 namespace {
-
-struct streamed {
-  std::string text;
-  std::vector<int> ids;
-  std::string finish;
-  int completion_tokens = -1;
-  bool done = false;
-};
-
-streamed collect(const duet::test::sse_answer& a, bool chat) {
-  streamed s;
-  for (const auto& d : a.data) {
-    if (d == "[DONE]") {
-      s.done = true;
-      continue;
-    }
-    auto c = json::parse(d);
-    if (c.contains("usage") && c["usage"].is_object())
-      s.completion_tokens = c["usage"]["completion_tokens"];
-    if (c["choices"].empty()) continue;
-    const auto& ch = c["choices"][0];
-    if (chat) {
-      if (ch["delta"].contains("content")) s.text += ch["delta"]["content"].get<std::string>();
-    } else {
-      s.text += ch["text"].get<std::string>();
-    }
-    if (ch.contains("token_ids"))
-      for (int t : ch["token_ids"]) s.ids.push_back(t);
-    if (!ch["finish_reason"].is_null()) s.finish = ch["finish_reason"];
-  }
-  return s;
-}
 
 void check_error(const duet::test::http_answer& a, int status) {
   INFO(a.body);
@@ -94,8 +63,8 @@ TEST_CASE(
   auto stream_body = json::parse(body);
   stream_body["stream"] = true;
   stream_body["stream_options"] = {{"include_usage", true}};
-  auto s =
-      collect(duet::test::http_stream(serve.port(), "/v1/completions", stream_body.dump()), false);
+  auto s = duet::test::collect(
+      duet::test::http_stream(serve.port(), "/v1/completions", stream_body.dump()), false);
   CHECK(s.done);
   CHECK(s.ids == reference);
   CHECK(s.text == pj["choices"][0]["text"]);
@@ -114,8 +83,8 @@ TEST_CASE(
   REQUIRE(c.status == 200);
   CHECK(c.json()["choices"][0]["token_ids"].get<std::vector<int>>() == chat_reference);
   chat["stream"] = true;
-  auto cs =
-      collect(duet::test::http_stream(serve.port(), "/v1/chat/completions", chat.dump()), true);
+  auto cs = duet::test::collect(
+      duet::test::http_stream(serve.port(), "/v1/chat/completions", chat.dump()), true);
   CHECK(cs.done);
   CHECK(cs.ids == chat_reference);
   CHECK(cs.text == c.json()["choices"][0]["message"]["content"]);
@@ -216,7 +185,7 @@ TEST_CASE("64 concurrent streaming clients all complete with no token lost or re
   for (const auto& p : prompts) references.push_back(duet::test::engine_greedy(p, steps));
   duet::test::serve_process serve{{}};
   constexpr int clients = 64;
-  std::vector<streamed> results(clients);
+  std::vector<duet::test::streamed_completion> results(clients);
   std::vector<int> statuses(clients);
   std::vector<std::thread> threads;
   for (int i = 0; i < clients; ++i) {
@@ -229,7 +198,7 @@ TEST_CASE("64 concurrent streaming clients all complete with no token lost or re
                    {"stream_options", {{"include_usage", true}}}};
       auto a = duet::test::http_stream(serve.port(), "/v1/completions", body.dump());
       statuses[i] = a.status;
-      results[i] = collect(a, false);
+      results[i] = duet::test::collect(a, false);
     });
   }
   for (auto& t : threads) t.join();

@@ -7,6 +7,7 @@
 #include "greedy_reference.hpp"
 #include "http_test_client.hpp"
 #include "prometheus_text.hpp"
+#include "streamed_completion.hpp"
 #include "tests/support/models.hpp"
 
 #include <catch2/catch.hpp>
@@ -157,31 +158,6 @@ duet::apps::option_values with_flag(duet::apps::option_values values, const std:
   return values;
 }
 
-struct streamed {
-  std::string text;
-  std::vector<int> ids;
-  std::string finish;
-  bool done = false;
-};
-
-streamed collect(const duet::test::sse_answer& a) {
-  streamed s;
-  for (const auto& d : a.data) {
-    if (d == "[DONE]") {
-      s.done = true;
-      continue;
-    }
-    auto c = json::parse(d);
-    if (c["choices"].empty()) continue;
-    const auto& ch = c["choices"][0];
-    s.text += ch["text"].get<std::string>();
-    if (ch.contains("token_ids"))
-      for (int t : ch["token_ids"]) s.ids.push_back(t);
-    if (!ch["finish_reason"].is_null()) s.finish = ch["finish_reason"];
-  }
-  return s;
-}
-
 } // namespace
 
 TEST_CASE("duet serve --nodes-listen serves a prefill node and a decode node process with the "
@@ -228,7 +204,8 @@ TEST_CASE("duet serve --nodes-listen serves a prefill node and a decode node pro
 
   auto stream_body = json::parse(body);
   stream_body["stream"] = true;
-  auto s = collect(duet::test::http_stream(port, "/v1/completions", stream_body.dump()));
+  auto s = duet::test::collect(duet::test::http_stream(port, "/v1/completions", stream_body.dump()),
+                               false);
   CHECK(s.done);
   CHECK(s.ids == reference);
   CHECK(s.text == text);
