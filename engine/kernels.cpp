@@ -138,8 +138,9 @@ void matmul_scalar(const tensor_view& w, const float* x, std::int64_t x_stride, 
 #define DUET_UNROLL _Pragma("GCC unroll 16")
 /// How far ahead of the current weight the single-token kernels prefetch, in bytes of each
 /// row stream. Measured with `duet bench engine` on stories110M q8_0 (float dot product then),
-/// 1 thread: none 60 tok/s, 1 KiB 64, 4 KiB 90, 8 KiB 110, 16 KiB 107 (the hardware prefetcher
-/// alone falls behind); with the integer dot product 8 KiB is still the best.
+/// decode 1 seq, 1 thread: none 33-41 tok/s, 256 B 60, 1 KiB 63-66, 4 KiB 90, 8 KiB 109-112,
+/// 16 KiB 103-110 (the hardware prefetcher alone falls behind); with the integer dot product
+/// 8 KiB is still the best.
 constexpr int prefetch_bytes = 8192;
 
 DUET_AVX2 inline float hsum(__m256 v) {
