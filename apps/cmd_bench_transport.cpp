@@ -1,6 +1,7 @@
 // `duet bench transport`: KV-segment throughput and latency per backend next to memcpy and
 // raw ZeroMQ measured in the same run (bench/transport_bench.hpp says how).
 #include "apps/command.hpp"
+#include "apps/progress.hpp"
 #include "bench/transport_bench.hpp"
 
 #include <fmt/core.h>
@@ -23,7 +24,13 @@ void setup_bench_transport(CLI::App& app) {
   cmd->add_option("--mib", opts->mib_per_point, "MiB streamed per backend and size")
       ->capture_default_str();
   cmd->callback([opts] {
+    progress bar("bench transport");
+    opts->on_progress = [&bar](double fraction, std::string_view step) {
+      bar.update(fraction, step);
+    };
     auto points = bench::run_transport_bench(*opts);
+    opts->on_progress = nullptr; // the bar ends with this callback
+    bar.finish("measured");
     const std::size_t env = bench::envelope_bytes();
     fmt::print("{:<18} {:>10} {:>9} {:>10} {:>10} {:>9}  {}\n", "backend", "size", "GB/s", "p50 us",
                "p99 us", "vs base", "note");

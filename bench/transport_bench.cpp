@@ -236,12 +236,25 @@ std::size_t envelope_bytes() {
 
 std::vector<transport_point> run_transport_bench(const transport_bench_options& o) {
   std::vector<transport_point> out;
+  const double points = static_cast<double>(o.sizes.size() * (3 + o.backends.size()));
+  auto report = [&](const std::string& what, std::size_t bytes) {
+    if (o.on_progress)
+      o.on_progress(static_cast<double>(out.size()) / points,
+                    what + " " + std::to_string(bytes >> 10) + " KiB");
+  };
   for (std::size_t bytes : o.sizes) {
+    report("memcpy", bytes);
     out.push_back(bench_memcpy(o, bytes));
+    report("raw zmq+tcp", bytes);
     out.push_back(bench_raw_zmq(o, bytes, "tcp"));
+    report("raw zmq+ipc", bytes);
     out.push_back(bench_raw_zmq(o, bytes, "ipc"));
-    for (const auto& b : o.backends) out.push_back(bench_backend(o, bytes, b));
+    for (const auto& b : o.backends) {
+      report(b, bytes);
+      out.push_back(bench_backend(o, bytes, b));
+    }
   }
+  if (o.on_progress) o.on_progress(1.0, "done");
   return out;
 }
 

@@ -7,7 +7,9 @@
 // verifies every segment's xxh3 (always on, it is part of the protocol).
 
 #include <cstddef>
+#include <functional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace duet::bench {
@@ -28,6 +30,9 @@ struct transport_bench_options {
   std::vector<std::string> backends{"inproc", "zmq+tcp", "zmq+ipc", "fabric+shm", "fabric+tcp"};
   std::size_t mib_per_point = 256; ///< payload streamed per (backend, size)
   int latency_samples = 200;       ///< lone segments timed per point (fewer for big sizes)
+  /// Told (fraction done 0..1, point name) before each point; may be empty. The command line
+  /// shows it as a progress bar on a terminal, plain lines otherwise.
+  std::function<void(double, std::string_view)> on_progress;
 };
 
 /// Runs every baseline and backend at every size; never throws for a backend that fails (the
