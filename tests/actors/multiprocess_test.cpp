@@ -2,6 +2,7 @@
 // binary, as child processes), control over CAF's middleman, KV over zmq+tcp between node
 // processes. Every wait is bounded; every child is killed and reaped at the end.
 #include "tests/actors/fabric_support.hpp"
+#include "tests/support/line_reader.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -52,6 +53,7 @@ public:
     close(out[1]);
     in_ = in[1];
     out_ = out[0];
+    lines_ = duet::test::line_reader{out_};
     REQUIRE(rc == 0);
   }
   child_process(const child_process&) = delete;
@@ -80,24 +82,7 @@ public:
 
   /// The next line of stdout, or nullopt at end of output or after `timeout`.
   std::optional<std::string> read_line(std::chrono::milliseconds timeout = step_timeout) {
-    auto deadline = clock_type::now() + timeout;
-    while (true) {
-      auto nl = buffer_.find('\n');
-      if (nl != std::string::npos) {
-        auto line = buffer_.substr(0, nl);
-        buffer_.erase(0, nl + 1);
-        return line;
-      }
-      auto left =
-          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock_type::now());
-      if (left.count() <= 0) return std::nullopt;
-      pollfd p{out_, POLLIN, 0};
-      if (poll(&p, 1, int(left.count())) <= 0) continue;
-      char chunk[4096];
-      auto n = ::read(out_, chunk, sizeof chunk);
-      if (n <= 0) return std::nullopt;
-      buffer_.append(chunk, std::size_t(n));
-    }
+    return lines_.next(timeout);
   }
 
   void kill(int sig) { ::kill(pid_, sig); }
@@ -120,7 +105,7 @@ private:
   pid_t pid_ = -1;
   int in_ = -1;
   int out_ = -1;
-  std::string buffer_;
+  duet::test::line_reader lines_{-1};
 };
 
 std::vector<std::string> words(const std::string& line) {

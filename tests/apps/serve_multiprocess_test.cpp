@@ -8,10 +8,12 @@
 #include "http_test_client.hpp"
 #include "prometheus_text.hpp"
 #include "streamed_completion.hpp"
+#include "tests/support/line_reader.hpp"
 #include "tests/support/models.hpp"
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -63,6 +65,7 @@ public:
     posix_spawn_file_actions_destroy(&actions);
     close(out[1]);
     out_ = out[0];
+    lines_ = duet::test::line_reader{out_};
     if (rc != 0) FAIL("cannot start " << argv[0] << ": " << std::strerror(rc));
   }
   duet_process(const duet_process&) = delete;
@@ -82,20 +85,11 @@ public:
   std::optional<std::string> wait_for_line(const std::string& prefix) {
     const auto deadline = clock_type::now() + step_timeout;
     while (true) {
-      for (auto nl = buffer_.find('\n'); nl != std::string::npos; nl = buffer_.find('\n')) {
-        auto line = buffer_.substr(0, nl);
-        buffer_.erase(0, nl + 1);
-        if (line.rfind(prefix, 0) == 0) return line.substr(prefix.size());
-      }
       auto left =
           std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock_type::now());
-      if (left.count() <= 0) return std::nullopt;
-      pollfd p{out_, POLLIN, 0};
-      if (poll(&p, 1, int(left.count())) <= 0) continue;
-      char chunk[4096];
-      auto n = ::read(out_, chunk, sizeof chunk);
-      if (n <= 0) return std::nullopt;
-      buffer_.append(chunk, std::size_t(n));
+      auto line = lines_.next(std::max(left, std::chrono::milliseconds{0}));
+      if (!line) return std::nullopt;
+      if (line->rfind(prefix, 0) == 0) return line->substr(prefix.size());
     }
   }
 
@@ -131,7 +125,7 @@ private:
   }
   pid_t pid_ = -1;
   int out_ = -1;
-  std::string buffer_;
+  duet::test::line_reader lines_{-1};
   std::string log_path_;
 };
 
