@@ -2,6 +2,7 @@
 #include "apps/command.hpp"
 #include "apps/progress.hpp"
 #include "bench/engine_bench.hpp"
+#include "engine/kernels.hpp"
 
 #include <fmt/core.h>
 
@@ -13,6 +14,7 @@ void setup_bench_engine(CLI::App& app) {
   struct options {
     bench::engine_bench_options bench;
     std::string kv = "f32";
+    std::string simd = "best";
   };
   auto o = std::make_shared<options>();
   auto* cmd = bench_command(app).add_subcommand(
@@ -35,7 +37,18 @@ void setup_bench_engine(CLI::App& app) {
   cmd->add_option("--kv-dtype", o->kv, "KV cache type")
       ->capture_default_str()
       ->check(CLI::IsMember({"f32", "f16"}));
+  cmd->add_option("--simd", o->simd,
+                  "Cap the kernels' instruction set, to measure what each level adds (a level "
+                  "this CPU lacks falls back to the next one below it; the model line says "
+                  "which ran)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"best", "scalar", "avx2", "avx512vnni", "avxvnni"}));
   cmd->callback([o] {
+    using engine::kernels::simd;
+    engine::kernels::set_simd_limit(o->simd == "scalar"       ? simd::scalar
+                                    : o->simd == "avx2"       ? simd::avx2
+                                    : o->simd == "avx512vnni" ? simd::avx512_vnni
+                                                              : simd::avx_vnni);
     o->bench.kv_type = o->kv == "f16" ? engine::dtype::f16 : engine::dtype::f32;
     progress bar("bench engine");
     o->bench.on_progress = [&bar](double fraction, std::string_view step) {

@@ -1,8 +1,9 @@
 #pragma once
 
 // The forward pass's numeric kernels. Each has a plain scalar definition (the reference the
-// tests check against, tests/engine/kernels_test.cpp) and, for matmul, an AVX2+FMA+F16C
-// version picked at run time when the CPU has those (the build stays portable: no -march).
+// tests check against, tests/engine/kernels_test.cpp) and, for matmul and attention, an
+// AVX2+FMA+F16C version picked at run time when the CPU has those (the build stays portable: no
+// -march); q8_0 matmul also has AVX-VNNI and AVX512-VNNI versions (see simd below).
 //
 // Matmul of Q8_0 weights works as ggml's does: the activations are quantized to 8 bits per
 // 32-value block (d = max|x| / 127), each block's dot product is exact in integers and scaled
@@ -24,11 +25,26 @@
 
 namespace duet::engine::kernels {
 
-/// "avx2" when the AVX2/FMA/F16C matmul is in use, else "scalar".
+/// The instruction sets the kernels can use, in order of preference. avx2 means AVX2 + FMA +
+/// F16C; the two VNNI levels add one instruction for q8_0's integer dot product (AVX-VNNI, or
+/// the 256-bit form of AVX512-VNNI with AVX512VL) and give results bit-identical to avx2.
+enum class simd { scalar, avx2, avx512_vnni, avx_vnni };
+
+/// "scalar", "avx2", "avx2+avx512vnni" or "avx2+avxvnni".
+std::string_view simd_name(simd level);
+
+/// The most preferred level this CPU (and OS) supports.
+simd best_simd();
+
+/// The level in use: the most preferred one this CPU supports at or below the limit.
+simd current_simd();
+
+/// simd_name(current_simd()).
 std::string_view simd_level();
 
-/// Forces the scalar kernels (tests compare both paths; benchmarks show the gain).
-void set_force_scalar(bool on);
+/// Caps the kernels at `limit` (default: none). Tests compare the paths; benchmarks show the
+/// gains. Not meant to change while other threads run kernels.
+void set_simd_limit(simd limit);
 
 /// y[t][r] = sum_k W[r][k] * x[t][k] for t in [0, n) and rows r in [row_begin, row_end).
 /// W is [rows][cols] of any dtype; x is [n][cols] with row stride x_stride (>= cols); y has

@@ -98,8 +98,10 @@ TEST_CASE("matmul of f32, f16 and q8_0 weights matches a scalar reference") {
   std::mt19937 rng(test_seed());
   INFO("seed " << test_seed() << " (set DUET_TEST_SEED to replay)");
   auto type = GENERATE(dtype::f32, dtype::f16, dtype::q8_0);
-  auto scalar = GENERATE(false, true);
-  kernels::set_force_scalar(scalar);
+  // A level this CPU lacks runs the next one below it (simd_level() in the message says which).
+  auto level = GENERATE(kernels::simd::scalar, kernels::simd::avx2, kernels::simd::avx512_vnni,
+                        kernels::simd::avx_vnni);
+  kernels::set_simd_limit(level);
   struct shape {
     int rows, cols, n;
   };
@@ -129,7 +131,7 @@ TEST_CASE("matmul of f32, f16 and q8_0 weights matches a scalar reference") {
           mag += std::abs(p);
         }
         if (type == dtype::q8_0) quant = activation_rounding_bound(w, r, s.cols, &x[t * x_stride]);
-        INFO(dtype_name(type) << (scalar ? " scalar" : " simd") << " rows " << s.rows << " cols "
+        INFO(dtype_name(type) << " " << kernels::simd_level() << " rows " << s.rows << " cols "
                               << s.cols << " n " << s.n << " at t " << t << " r " << r);
         REQUIRE(std::abs(y[static_cast<std::size_t>(t * y_stride + r)] - ref) <=
                 1e-5 * mag + quant + 1e-6);
@@ -138,7 +140,7 @@ TEST_CASE("matmul of f32, f16 and q8_0 weights matches a scalar reference") {
             -7.0f); // stride padding untouched
     }
   }
-  kernels::set_force_scalar(false);
+  kernels::set_simd_limit(kernels::best_simd());
 }
 
 TEST_CASE("matmul gives a token bit-identical results alone and in a batch, for every dtype") {
@@ -148,9 +150,10 @@ TEST_CASE("matmul gives a token bit-identical results alone and in a batch, for 
   std::mt19937 rng(test_seed());
   INFO("seed " << test_seed() << " (set DUET_TEST_SEED to replay)");
   auto type = GENERATE(dtype::f32, dtype::f16, dtype::q8_0);
-  auto scalar = GENERATE(false, true);
-  kernels::set_force_scalar(scalar);
-  INFO(dtype_name(type) << (scalar ? " scalar" : " simd"));
+  auto level = GENERATE(kernels::simd::scalar, kernels::simd::avx2, kernels::simd::avx512_vnni,
+                        kernels::simd::avx_vnni);
+  kernels::set_simd_limit(level);
+  INFO(dtype_name(type) << " " << kernels::simd_level());
   const int rows = 21, cols = 256, n = 7;
   auto w = make_weights(type, rows, cols, rng);
   std::vector<float> x(static_cast<std::size_t>(n * cols));
@@ -166,7 +169,44 @@ TEST_CASE("matmul gives a token bit-identical results alone and in a batch, for 
               batched[static_cast<std::size_t>(t * rows + r)]);
     }
   }
-  kernels::set_force_scalar(false);
+  kernels::set_simd_limit(kernels::best_simd());
+}
+
+TEST_CASE("q8_0 matmul gives bit-identical results with and without VNNI") {
+  // A disaggregated request may prefill on a host with VNNI and decode on one without: the
+  // integer dot products are exact on every path, so the results must be equal, not close.
+  std::vector<kernels::simd> vnni;
+  for (auto l : {kernels::simd::avx512_vnni, kernels::simd::avx_vnni}) {
+    kernels::set_simd_limit(l);
+    if (kernels::current_simd() == l) vnni.push_back(l);
+  }
+  kernels::set_simd_limit(kernels::simd::avx2);
+  if (kernels::current_simd() != kernels::simd::avx2 || vnni.empty()) {
+    kernels::set_simd_limit(kernels::best_simd());
+    WARN("skipped: this CPU has " << kernels::simd_level() << ", not AVX2 and a VNNI level");
+    return;
+  }
+  std::mt19937 rng(test_seed());
+  INFO("seed " << test_seed() << " (set DUET_TEST_SEED to replay)");
+  const int rows = 37, cols = 320;
+  auto w = make_weights(dtype::q8_0, rows, cols, rng);
+  for (int n : {1, 2, 5, 9}) {
+    std::vector<float> x(static_cast<std::size_t>(n * cols));
+    for (auto& v : x) v = std::normal_distribution<float>(0.0f, 1.0f)(rng);
+    kernels::set_simd_limit(kernels::simd::avx2);
+    std::vector<float> ref(static_cast<std::size_t>(n * rows));
+    kernels::matmul(w.view, x.data(), cols, n, ref.data(), rows, 0, rows);
+    for (auto l : vnni) {
+      kernels::set_simd_limit(l);
+      std::vector<float> got(ref.size());
+      kernels::matmul(w.view, x.data(), cols, n, got.data(), rows, 0, rows);
+      for (std::size_t i = 0; i < got.size(); ++i) {
+        INFO(kernels::simd_level() << " n " << n << " at " << i);
+        REQUIRE(got[i] == ref[i]);
+      }
+    }
+  }
+  kernels::set_simd_limit(kernels::best_simd());
 }
 
 TEST_CASE("rmsnorm, softmax and rope match their formulas") {
@@ -224,11 +264,16 @@ TEST_CASE("attention over the paged cache matches a scalar reference for f32 and
   INFO("seed " << test_seed());
   std::normal_distribution<float> dist(0.0f, 1.0f);
   auto type = GENERATE(dtype::f32, dtype::f16);
+  // 8: one register; 64: the AVX2 path's 8-register output chunk; 136: two chunks and a tail
+  const int hs = GENERATE(8, 64, 136);
+  auto level = GENERATE(kernels::simd::scalar, kernels::simd::avx2);
+  kernels::set_simd_limit(level);
+  INFO(dtype_name(type) << " head_size " << hs << " " << kernels::simd_level());
   kv_cache_config c;
   c.first_layer = 1;
   c.last_layer = 3;
   c.n_kv_heads = 2;
-  c.head_size = 8;
+  c.head_size = hs;
   c.seq_len_max = 50;
   c.block_tokens = 4;
   c.blocks_max = 30;
@@ -256,7 +301,7 @@ TEST_CASE("attention over the paged cache matches a scalar reference for f32 and
       k[static_cast<std::size_t>(p * kvd + j)] = kv_k;
       v[static_cast<std::size_t>(p * kvd + j)] = kv_v;
     }
-  std::vector<float> q(8), att(n_pos), out(8);
+  std::vector<float> q(static_cast<std::size_t>(hs)), att(n_pos), out(q.size());
   for (auto& e : q) e = dist(rng);
   for (int head = 0; head < 2; ++head) {
     kernels::attention(q.data(), kv, table, layer, head, n_pos, att.data(), out.data());
@@ -264,19 +309,20 @@ TEST_CASE("attention over the paged cache matches a scalar reference for f32 and
     double mx = -1e300, sum = 0;
     for (int p = 0; p < n_pos; ++p) {
       double d = 0;
-      for (int i = 0; i < 8; ++i)
+      for (int i = 0; i < hs; ++i)
         d += static_cast<double>(q[static_cast<std::size_t>(i)]) *
-             k[static_cast<std::size_t>(p * kvd + head * 8 + i)];
-      sc[static_cast<std::size_t>(p)] = d / std::sqrt(8.0);
+             k[static_cast<std::size_t>(p * kvd + head * hs + i)];
+      sc[static_cast<std::size_t>(p)] = d / std::sqrt(static_cast<double>(hs));
       mx = std::max(mx, sc[static_cast<std::size_t>(p)]);
     }
     for (auto& e : sc) sum += (e = std::exp(e - mx));
-    for (int i = 0; i < 8; ++i) {
+    for (int i = 0; i < hs; ++i) {
       double ref = 0;
       for (int p = 0; p < n_pos; ++p)
         ref += sc[static_cast<std::size_t>(p)] / sum *
-               v[static_cast<std::size_t>(p * kvd + head * 8 + i)];
+               v[static_cast<std::size_t>(p * kvd + head * hs + i)];
       CHECK(std::abs(out[static_cast<std::size_t>(i)] - ref) <= 1e-5);
     }
   }
+  kernels::set_simd_limit(kernels::best_simd());
 }

@@ -1,0 +1,120 @@
+// The q8_0 matmul kernels, written once and compiled once per instruction set by
+// engine/kernels.cpp, which includes this file several times with these macros defined:
+//   DUET_Q8_NS         the namespace of this instantiation (avx2, avx_vnni, avx512_vnni)
+//   DUET_Q8_TARGET     the function attribute naming its instruction set
+//   DUET_Q8_DPBUSD     (acc, u, s): acc + per int32 lane the sum of 4 products u8 x s8
+// A function's target attribute covers the intrinsics it may use, so the same template cannot
+// serve two instruction sets; the include keeps one copy of the logic instead of three.
+//
+// Every path computes the same int32 lanes: lane l of a block's dot product is
+// sum_{k=4l}^{4l+3} |w_k| * sign(x_k, w_k), exact (no saturation) in maddubs+madd and in dpbusd
+// alike. The float steps after it are identical too, so all instantiations (and the one-token
+// and many-token paths of each) give bit-identical results; tests/engine/kernels_test.cpp
+// checks this with ==.
+
+namespace DUET_Q8_NS {
+
+/// Exact integer dot product of 32 q8_0 weights with 32 quantized activations, as 8 int32
+/// partial sums. |w| is the unsigned operand (so w = -128 stays exact as 128) and x takes
+/// w's sign.
+DUET_Q8_TARGET inline __m256i dot_q8_32(const std::int8_t* w, const std::int8_t* x) {
+  const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+  const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x));
+  return DUET_Q8_DPBUSD(_mm256_setzero_si256(), _mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+}
+
+/// One token against R q8_0 rows: per 32-value block an exact integer dot, scaled by
+/// d_w * d_x into one 8-lane accumulator per row. Each (row, token) result depends on that row
+/// and token only, so the single-token and multi-token paths give bit-identical results.
+template <int R>
+DUET_Q8_TARGET void gemv_q8_0(const tensor_view& w, std::int64_t r0, const q8_activation_block* xq,
+                              float* y) {
+  const std::int64_t blocks = w.cols / 32;
+  const q8_0_block* rows[R];
+  DUET_UNROLL
+  for (int i = 0; i < R; ++i) rows[i] = reinterpret_cast<const q8_0_block*>(w.row(r0 + i));
+  __m256 acc[R];
+  DUET_UNROLL
+  for (int i = 0; i < R; ++i) acc[i] = _mm256_setzero_ps();
+  for (std::int64_t b = 0; b < blocks; ++b) {
+    const float dx = xq[b].d;
+    DUET_UNROLL
+    for (int i = 0; i < R; ++i) {
+      _mm_prefetch(reinterpret_cast<const char*>(rows[i] + b) + prefetch_bytes, _MM_HINT_T0);
+      const __m256 scale = _mm256_set1_ps(_cvtsh_ss(rows[i][b].d) * dx);
+      acc[i] =
+          _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_q8_32(rows[i][b].qs, xq[b].qs)), scale, acc[i]);
+    }
+  }
+  DUET_UNROLL
+  for (int i = 0; i < R; ++i) y[r0 + i] = hsum(acc[i]);
+}
+
+/// R q8_0 rows x NT tokens (prefill, batched decode): each weight block is loaded and made
+/// unsigned once for NT tokens. Per (row, token) the operations and their order are exactly
+/// gemv_q8_0's, so the result is bit-identical to multiplying that token alone.
+template <int R, int NT>
+DUET_Q8_TARGET void tile_q8_0(const tensor_view& w, std::int64_t r0, const q8_activation_block* xq,
+                              std::int64_t blocks, int t0, float* y, std::int64_t y_stride) {
+  const q8_0_block* rows[R];
+  DUET_UNROLL
+  for (int i = 0; i < R; ++i) rows[i] = reinterpret_cast<const q8_0_block*>(w.row(r0 + i));
+  __m256 acc[R][NT];
+  DUET_UNROLL
+  for (int i = 0; i < R; ++i) DUET_UNROLL
+  for (int j = 0; j < NT; ++j) acc[i][j] = _mm256_setzero_ps();
+  for (std::int64_t b = 0; b < blocks; ++b) {
+    __m256i wv[R], aw[R];
+    float dw[R];
+    DUET_UNROLL
+    for (int i = 0; i < R; ++i) {
+      wv[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[i][b].qs));
+      aw[i] = _mm256_sign_epi8(wv[i], wv[i]);
+      dw[i] = _cvtsh_ss(rows[i][b].d);
+    }
+    DUET_UNROLL
+    for (int j = 0; j < NT; ++j) {
+      const q8_activation_block& xb = xq[(t0 + j) * blocks + b];
+      const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.qs));
+      DUET_UNROLL
+      for (int i = 0; i < R; ++i) {
+        const __m256i isum =
+            DUET_Q8_DPBUSD(_mm256_setzero_si256(), aw[i], _mm256_sign_epi8(xv, wv[i]));
+        acc[i][j] =
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(dw[i] * xb.d), acc[i][j]);
+      }
+    }
+  }
+  DUET_UNROLL
+  for (int i = 0; i < R; ++i) DUET_UNROLL
+  for (int j = 0; j < NT; ++j) y[(t0 + j) * y_stride + r0 + i] = hsum(acc[i][j]);
+}
+
+/// q8_0 over n tokens: the activations are quantized once per call. One token: 8-row gemv
+/// groups streaming the weights (with prefetch); more: 2-row x 4-token tiles (the 2 rows,
+/// 2 * 34 * cols / 32 bytes, stay in L1 while every token passes).
+DUET_Q8_TARGET void matmul_q8_0(const tensor_view& w, const float* x, std::int64_t x_stride, int n,
+                                float* y, std::int64_t y_stride, std::int64_t row_begin,
+                                std::int64_t row_end) {
+  thread_local std::vector<q8_activation_block> xq;
+  quantize_activations_avx2(x, x_stride, n, w.cols, xq);
+  const std::int64_t blocks = w.cols / 32;
+  std::int64_t r = row_begin;
+  if (n == 1) {
+    constexpr int R = 8; // 8 independent accumulator chains keep both FMA pipes busy
+    for (; r + R <= row_end; r += R) gemv_q8_0<R>(w, r, xq.data(), y);
+    for (; r < row_end; ++r) gemv_q8_0<1>(w, r, xq.data(), y);
+    return;
+  }
+  auto rows_times_tokens = [&](auto rows_tag, std::int64_t r0) DUET_Q8_TARGET {
+    constexpr int R = decltype(rows_tag)::value;
+    int t = 0;
+    for (; t + 4 <= n; t += 4) tile_q8_0<R, 4>(w, r0, xq.data(), blocks, t, y, y_stride);
+    for (; t + 2 <= n; t += 2) tile_q8_0<R, 2>(w, r0, xq.data(), blocks, t, y, y_stride);
+    for (; t < n; ++t) tile_q8_0<R, 1>(w, r0, xq.data(), blocks, t, y, y_stride);
+  };
+  for (; r + 2 <= row_end; r += 2) rows_times_tokens(std::integral_constant<int, 2>{}, r);
+  for (; r < row_end; ++r) rows_times_tokens(std::integral_constant<int, 1>{}, r);
+}
+
+} // namespace DUET_Q8_NS
