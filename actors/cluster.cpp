@@ -459,6 +459,7 @@ void run_node(cluster_config config, node_options options) {
   auto serial = ++cluster_serial;
   auto ctx = make_context(config);
   ctx->on_event = options.on_event;
+  ctx->send_log.enable(); // reported to the controller with every heartbeat
   // The KV receiver is bound before joining: its concrete address travels in the hello. It
   // forwards to whichever decode lane this node currently runs.
   std::unique_ptr<kv_pump> pump;

@@ -151,6 +151,32 @@ void slot_down(controller_actor* self, const caf::actor_addr& source) {
   }
 }
 
+/// A node's heartbeat report: its actors' KV pools go into the registry entries of the slots it
+/// runs (the controller's copies, which /metrics and kv_blocks_in_use() read) and its KV sends
+/// into the transfer metrics and counters, as if its shards had sent from this process.
+void apply_report(fabric_context& ctx, const node_report& report) {
+  for (const auto& load : report.actors) {
+    auto entry = ctx.registry.find(load.name);
+    if (!entry || entry->node != report.node) continue; // the slot moved on (re-placed)
+    entry->blocks_used->store(load.blocks_used);
+    entry->blocks_free->store(load.blocks_free);
+  }
+  publish_node_kv(ctx, report.node);
+  const std::size_t listed = std::min(report.kv_send_seconds.size(), report.kv_send_bytes.size());
+  std::uint64_t bytes = report.unlisted_bytes;
+  double seconds = report.unlisted_seconds;
+  for (std::size_t i = 0; i < listed; ++i) {
+    observe_kv_transfer(ctx.metrics, report.kv_send_seconds[i], report.kv_send_bytes[i]);
+    bytes += report.kv_send_bytes[i];
+    seconds += report.kv_send_seconds[i];
+  }
+  if (ctx.metrics.kv_bytes != nullptr && report.unlisted_bytes > 0)
+    ctx.metrics.kv_bytes->Increment(double(report.unlisted_bytes));
+  ctx.counters.kv_segments_sent.fetch_add(listed + report.unlisted_sends);
+  ctx.counters.kv_bytes_sent.fetch_add(bytes);
+  ctx.counters.kv_send_ns.fetch_add(static_cast<std::uint64_t>(seconds * 1e9));
+}
+
 /// A node process is gone (its agent is down or its heartbeats stopped): its actors are dead
 /// for good there. Its decode lane is not moved (a node serves one lane; requests re-place onto
 /// the live lanes); each prefill shard is re-spawned on the live prefill-capable node that
@@ -361,10 +387,13 @@ caf::behavior controller_impl(controller_actor* self, std::shared_ptr<fabric_con
         return reply;
       },
       [=](finished_atom, std::uint64_t request) { unassign(self, request); },
-      [=](heartbeat_atom, std::int32_t node) {
+      [=](heartbeat_atom, node_report& report) {
         auto& s = self->state;
-        if (node >= 0 && std::size_t(node) < s.last_seen.size())
-          s.last_seen[std::size_t(node)] = std::chrono::steady_clock::now();
+        auto node = report.node;
+        if (node < 0 || std::size_t(node) >= s.last_seen.size() || s.node_dead[std::size_t(node)])
+          return;
+        s.last_seen[std::size_t(node)] = std::chrono::steady_clock::now();
+        apply_report(*s.ctx, report);
       },
       // Membership: a node whose heartbeats stopped is dead even if its connection lingers.
       [=](tick_atom) {

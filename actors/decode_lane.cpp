@@ -64,11 +64,7 @@ struct lane_state {
   void publish() {
     spec.blocks_used->store(static_cast<std::int64_t>(kv->blocks_used()));
     spec.blocks_free->store(static_cast<std::int64_t>(kv->blocks_free()));
-    auto node = std::size_t(spec.node);
-    if (node < ctx->metrics.kv_blocks_used.size()) {
-      ctx->metrics.kv_blocks_used[node]->Set(double(kv->blocks_used()));
-      ctx->metrics.kv_blocks_free[node]->Set(double(kv->blocks_free()));
-    }
+    publish_node_kv(*ctx, spec.node);
   }
 };
 

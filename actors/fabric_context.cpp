@@ -100,4 +100,41 @@ void observe_kv_transfer(const fabric_metrics& metrics, double seconds, std::uin
   if (metrics.kv_transfer_seconds != nullptr) metrics.kv_transfer_seconds->Observe(seconds);
 }
 
+void publish_node_kv(fabric_context& ctx, int node) {
+  if (node < 0 || std::size_t(node) >= ctx.metrics.kv_blocks_used.size()) return;
+  std::int64_t used = 0, free = 0;
+  for (const auto& e : ctx.registry.snapshot())
+    if (e.alive && e.node == node) {
+      used += e.blocks_used->load();
+      free += e.blocks_free->load();
+    }
+  ctx.metrics.kv_blocks_used[std::size_t(node)]->Set(double(used));
+  ctx.metrics.kv_blocks_free[std::size_t(node)]->Set(double(free));
+}
+
+void kv_send_log::enable() {
+  std::lock_guard guard{mutex_};
+  enabled_ = true;
+}
+
+void kv_send_log::record(double seconds, std::uint64_t bytes) {
+  std::lock_guard guard{mutex_};
+  if (!enabled_) return;
+  if (pending_.seconds.size() < max_listed) {
+    pending_.seconds.push_back(seconds);
+    pending_.bytes.push_back(bytes);
+  } else {
+    ++pending_.unlisted_sends;
+    pending_.unlisted_bytes += bytes;
+    pending_.unlisted_seconds += seconds;
+  }
+}
+
+kv_send_log::drained kv_send_log::drain() {
+  std::lock_guard guard{mutex_};
+  drained out = std::move(pending_);
+  pending_ = drained{};
+  return out;
+}
+
 } // namespace duet::actors

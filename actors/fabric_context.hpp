@@ -86,6 +86,33 @@ private:
   std::map<std::string, actor_entry> entries_;
 };
 
+/// The KV sends a node process's prefill shards made since its agent last reported them to the
+/// controller (node_report): the controller's /metrics and stats then count them as if sent
+/// there. Off (record() does nothing) except in node processes. Bounded: past max_listed sends
+/// between two reports, sends are only summed (bytes and time exact, histogram entries lost).
+class kv_send_log {
+public:
+  static constexpr std::size_t max_listed = 4096;
+
+  struct drained {
+    std::vector<double> seconds;      ///< one per listed send
+    std::vector<std::uint64_t> bytes; ///< same length
+    std::uint64_t unlisted_sends = 0;
+    std::uint64_t unlisted_bytes = 0;
+    double unlisted_seconds = 0.0;
+  };
+
+  void enable();
+  void record(double seconds, std::uint64_t bytes);
+  /// What was recorded since the last drain (and forgets it).
+  drained drain();
+
+private:
+  std::mutex mutex_;
+  bool enabled_ = false;
+  drained pending_;
+};
+
 struct fabric_context {
   fabric_context(engine::loaded_model loaded, fault_config faults_config)
       : model(std::move(loaded)), faults(std::move(faults_config)) {}
@@ -97,6 +124,7 @@ struct fabric_context {
   fabric_counters counters;
   fabric_metrics metrics;
   actor_registry registry;
+  kv_send_log send_log;
   std::string transport_label; ///< metrics label
   /// Optional observer of control events ("placed <request> decode_node <n> <mode>",
   /// "node <n> down: <why>", ...); called from actor threads, must be thread-safe.
@@ -109,5 +137,10 @@ fabric_metrics make_fabric_metrics(const std::shared_ptr<prometheus::Registry>& 
 
 /// Adds seconds to the KV transfer histogram and bytes to the counter (when present).
 void observe_kv_transfer(const fabric_metrics& metrics, double seconds, std::uint64_t bytes);
+
+/// Sets node `node`'s KV block gauges to the sum over the live actors the registry places there
+/// (a node may run prefill shards and a decode lane: each publishes its own pool's atomics,
+/// then calls this).
+void publish_node_kv(fabric_context& ctx, int node);
 
 } // namespace duet::actors

@@ -61,6 +61,7 @@ caf::error kv_sender_set::send(const prefill_route& route, transport::segment se
   ctx_->counters.kv_send_ns.fetch_add(static_cast<std::uint64_t>(seconds * 1e9),
                                       std::memory_order_relaxed);
   observe_kv_transfer(ctx_->metrics, seconds, bytes);
+  ctx_->send_log.record(seconds, bytes);
   return caf::none;
 }
 

@@ -26,6 +26,9 @@ void add_fabric_message_types(caf::actor_system_config& cfg) {
   cfg.add_message_type<place_query>("duet::place_query");
   cfg.add_message_type<node_hello>("duet::node_hello");
   cfg.add_message_type<slot_request>("duet::slot_request");
+  cfg.add_message_type<actor_load>("duet::actor_load");
+  cfg.add_message_type<std::vector<actor_load>>("duet::actor_loads");
+  cfg.add_message_type<node_report>("duet::node_report");
 }
 
 namespace {
@@ -42,6 +45,21 @@ struct agent_state {
 };
 
 using agent_actor = caf::stateful_actor<agent_state>;
+
+/// This node's heartbeat: its live actors' KV pools and the KV sends logged since the last.
+node_report make_report(agent_state& st) {
+  node_report r;
+  r.node = st.node;
+  for (const auto& e : st.ctx->registry.snapshot())
+    if (e.alive) r.actors.push_back({e.name, e.blocks_used->load(), e.blocks_free->load()});
+  auto sends = st.ctx->send_log.drain();
+  r.kv_send_seconds = std::move(sends.seconds);
+  r.kv_send_bytes = std::move(sends.bytes);
+  r.unlisted_sends = sends.unlisted_sends;
+  r.unlisted_bytes = sends.unlisted_bytes;
+  r.unlisted_seconds = sends.unlisted_seconds;
+  return r;
+}
 
 void stop_all(agent_actor* self, const caf::error& reason) {
   auto& st = self->state;
@@ -99,13 +117,13 @@ caf::behavior agent_impl(agent_actor* self, std::shared_ptr<fabric_context> ctx)
         st.node = node;
         st.interval = std::chrono::milliseconds(std::max(1, interval_ms));
         self->monitor(st.controller);
-        self->send(st.controller, heartbeat_atom::value, st.node);
+        self->send(st.controller, heartbeat_atom::value, make_report(st));
         self->delayed_send(self, st.interval, tick_atom::value);
       },
       [=](tick_atom) {
         auto& st = self->state;
         if (st.stopping) return;
-        self->send(st.controller, heartbeat_atom::value, st.node);
+        self->send(st.controller, heartbeat_atom::value, make_report(st));
         self->delayed_send(self, st.interval, tick_atom::value);
       },
   };

@@ -8,7 +8,7 @@
 //   node: listens for KV (kv_pump), remote_actor(controller) -> registrar
 //   node agent --join(node_hello)--> registrar            (reply: the node id)
 //   cluster --start(controller, node id, interval)--> node agent   (all nodes joined)
-//   node agent --heartbeat(node id)--> controller          (every interval)
+//   node agent --heartbeat(node_report)--> controller      (every interval)
 //   controller --spawn(slot_request)--> node agent         (reply: the actor, local to the node)
 //
 // The actors themselves (request, controller, shards, lanes) are the embedded cluster's: only
@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace duet::actors {
 
@@ -31,7 +32,7 @@ namespace duet::actors {
 using join_atom = caf::atom_constant<caf::atom("join")>;
 /// cluster -> node agent: every node joined; heartbeat the controller from now on.
 using start_atom = caf::atom_constant<caf::atom("start")>;
-/// node agent -> controller: this node is alive (node id follows).
+/// node agent -> controller: this node is alive (node_report follows).
 using heartbeat_atom = caf::atom_constant<caf::atom("heartbeat")>;
 /// controller -> node agent: spawn a shard or lane here (slot_request follows).
 using spawn_atom = caf::atom_constant<caf::atom("spawnslot")>;
@@ -68,6 +69,37 @@ template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, slot_request& x) {
   return f(caf::meta::type_name("slot_request"), x.name, x.decode, x.node, x.shard_index,
            x.first_layer, x.last_layer);
+}
+
+/// One actor's KV pool as its node sees it (in node_report).
+struct actor_load {
+  std::string name; ///< the slot name, as in slot_request
+  std::int64_t blocks_used = 0;
+  std::int64_t blocks_free = 0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, actor_load& x) {
+  return f(caf::meta::type_name("actor_load"), x.name, x.blocks_used, x.blocks_free);
+}
+
+/// node agent -> controller with every heartbeat: the node is alive, what its live actors hold,
+/// and the KV sends its prefill shards made since the last report (kv_send_log), so the
+/// controller's metrics and stats show the nodes' figures as the embedded cluster's do.
+struct node_report {
+  std::int32_t node = -1;
+  std::vector<actor_load> actors;
+  std::vector<double> kv_send_seconds;      ///< one per listed send
+  std::vector<std::uint64_t> kv_send_bytes; ///< same length
+  std::uint64_t unlisted_sends = 0;         ///< beyond kv_send_log::max_listed: sums only
+  std::uint64_t unlisted_bytes = 0;
+  double unlisted_seconds = 0.0;
+};
+
+template <class Inspector>
+typename Inspector::result_type inspect(Inspector& f, node_report& x) {
+  return f(caf::meta::type_name("node_report"), x.node, x.actors, x.kv_send_seconds,
+           x.kv_send_bytes, x.unlisted_sends, x.unlisted_bytes, x.unlisted_seconds);
 }
 
 /// Registers every fabric message type under its name (call on the config of every process

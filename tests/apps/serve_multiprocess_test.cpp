@@ -160,7 +160,8 @@ TEST_CASE("duet serve --nodes-listen serves a prefill node and a decode node pro
   INFO("node transport " << transport);
   const std::string prompt = "Once upon a time";
   const int steps = 40;
-  const auto reference = duet::test::engine_greedy(prompt, steps);
+  std::vector<int> prompt_tokens;
+  const auto reference = duet::test::engine_greedy(prompt, steps, &prompt_tokens);
   REQUIRE(reference.size() == static_cast<std::size_t>(steps)); // no early stop: unambiguous
 
   // Disaggregated placement: every request's KV crosses from the prefill node process to the
@@ -209,6 +210,25 @@ TEST_CASE("duet serve --nodes-listen serves a prefill node and a decode node pro
   auto m = duet::test::parse_prometheus_text(duet::test::http_get(port, "/metrics").body);
   CHECK(m.value("duet_placement_decisions_total", {{"mode", "disaggregated"}}) == 2);
   CHECK(m.value("duet_requests_total", {{"outcome", "length"}}) == 2);
+
+  // The nodes' own figures reach the controller's /metrics with their heartbeats: the KV the
+  // prefill node sent (every layer's K and V of every prompt token, f32, for both requests)
+  // and the nodes' KV pools, all of it free again once both requests ended.
+  auto model = duet::engine::open_model(duet::test::model_file("stories260K.bin"),
+                                        duet::test::model_file("tok512.bin"));
+  const auto& cfg = model.weights->config;
+  const double kv_bytes = 2.0 * cfg.n_layers * double(prompt_tokens.size()) * 2 *
+                          (cfg.dim / cfg.n_heads * cfg.n_kv_heads) * 4;
+  const auto deadline = clock_type::now() + step_timeout;
+  while (clock_type::now() < deadline &&
+         m.value("duet_kv_bytes_transferred_total").value_or(0) < kv_bytes) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    m = duet::test::parse_prometheus_text(duet::test::http_get(port, "/metrics").body);
+  }
+  CHECK(m.value("duet_kv_bytes_transferred_total") == kv_bytes);
+  CHECK(m.value("duet_kv_transfer_seconds_count") == 2.0 * cfg.n_layers); // one chunk each
+  CHECK(m.value("duet_kv_blocks_used") == 0);
+  CHECK(m.value("duet_kv_blocks_free").value_or(0) > 0); // the nodes' pools, reported
 
   // SIGTERM: serve stops cleanly, and the nodes return once their controller is gone.
   serve.signal(SIGTERM);
