@@ -70,19 +70,26 @@ struct join_board {
   std::condition_variable changed;
   std::vector<node_hello> nodes;
   int expected = 0;
+  caf::actor controller; ///< set once the cluster started: later joins go to it
 };
 
 /// The published actor nodes join through: each hello gets the next node id until the
-/// expected number joined; later joins are refused (membership is fixed at start; nodes leave
-/// by dying).
-caf::behavior registrar_impl(caf::event_based_actor*, std::shared_ptr<join_board> board) {
+/// expected number joined. Later joins go to the controller, which lets a node take a dead
+/// node's place (controller.hpp) or refuses it; none is accepted while the cluster starts.
+caf::behavior registrar_impl(caf::event_based_actor* self, std::shared_ptr<join_board> board) {
   return {
       [=](join_atom, node_hello& hello) -> caf::result<std::int32_t> {
         std::lock_guard guard{board->mutex};
+        if (board->controller) {
+          auto rp = self->make_response_promise();
+          rp.delegate(board->controller, join_atom::value, std::move(hello));
+          return rp;
+        }
         if (int(board->nodes.size()) >= board->expected)
           return make_error(fabric_errc::overloaded,
-                            fmt::format("controller: all {} nodes already joined; membership is "
-                                        "fixed at start",
+                            fmt::format("controller: all {} nodes joined and the cluster is "
+                                        "starting; join again once it serves, to replace a "
+                                        "dead node",
                                         board->expected));
         board->nodes.push_back(std::move(hello));
         board->changed.notify_all();
@@ -247,6 +254,7 @@ public:
       throw;
     }
     spec.heartbeat_timeout_ms = options.heartbeat_timeout_ms;
+    spec.heartbeat_interval_ms = options.heartbeat_interval_ms;
     controller_ = spawn_controller(*system_, ctx_, std::move(spec));
     for (std::size_t i = 0; i < hellos.size(); ++i)
       caf::anon_send(hellos[i].agent, start_atom::value, controller_, std::int32_t(i),
@@ -272,6 +280,9 @@ public:
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
+    // Serving: a node that joins from now on may take a dead node's place.
+    std::lock_guard guard{board->mutex};
+    board->controller = controller_;
   }
 
   /// Checks every decode node's fit, plans the prefill pipelines over the prefill nodes, and

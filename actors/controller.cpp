@@ -233,6 +233,53 @@ void node_down(controller_actor* self, int node, const std::string& why) {
   }
 }
 
+std::string roles_of(bool prefill, bool decode) {
+  return prefill && decode ? "prefill+decode" : prefill ? "prefill" : decode ? "decode" : "none";
+}
+
+/// A node process joining after the start: it replaces the first dead node with its profile
+/// and roles (id, KV address, agent), is started like the first ones, and the slots still
+/// placed on that id are spawned on it. Refused, with the dead nodes listed, when none fits.
+caf::result<std::int32_t> rejoin(controller_actor* self, node_hello& hello) {
+  auto& st = self->state;
+  if (st.stopping) return make_error(fabric_errc::overloaded, "controller: stopping");
+  int id = -1;
+  std::string dead;
+  for (const auto& n : st.spec.nodes) {
+    if (!st.node_dead[std::size_t(n.node_id)]) continue;
+    dead += fmt::format("{}node {} ({}, {})", dead.empty() ? "" : ", ", n.node_id, n.profile.name,
+                        roles_of(n.prefill, n.decode));
+    if (id < 0 && n.prefill == hello.prefill && n.decode == hello.decode &&
+        n.profile.name == hello.profile)
+      id = n.node_id;
+  }
+  if (id < 0) {
+    auto why = fmt::format("no dead node with profile {} and roles {} to replace (membership is "
+                           "fixed at start; dead nodes: {})",
+                           hello.profile, roles_of(hello.prefill, hello.decode),
+                           dead.empty() ? "none" : dead);
+    emit(self, fmt::format("join refused pid {}: {}", hello.pid, why));
+    return make_error(fabric_errc::overloaded, "controller: " + why);
+  }
+  auto& node = st.spec.nodes[std::size_t(id)];
+  node.agent = hello.agent;
+  node.kv_address = hello.kv_address;
+  st.node_dead[std::size_t(id)] = false;
+  st.last_seen[std::size_t(id)] = std::chrono::steady_clock::now();
+  self->monitor(node.agent);
+  emit(self, fmt::format("node {} rejoined pid {} profile {} roles {} kv {}", id, hello.pid,
+                         hello.profile, roles_of(hello.prefill, hello.decode),
+                         hello.kv_address.empty() ? "-" : hello.kv_address));
+  self->send(node.agent, start_atom::value, caf::actor_cast<caf::actor>(self), std::int32_t(id),
+             std::int32_t(st.spec.heartbeat_interval_ms));
+  for (auto& [name, sl] : st.slots) {
+    if (sl.entry.node != id || sl.entry.alive) continue;
+    sl.restarts.clear(); // a new process: the old one's crash history does not count
+    spawn_slot(self, sl);
+  }
+  return std::int32_t(id);
+}
+
 void update_depth_gauges(controller_actor* self) {
   auto& st = self->state;
   for (std::size_t n = 0; n < st.node_depth.size() && n < st.ctx->metrics.queue_depth.size(); ++n)
@@ -387,6 +434,7 @@ caf::behavior controller_impl(controller_actor* self, std::shared_ptr<fabric_con
         return reply;
       },
       [=](finished_atom, std::uint64_t request) { unassign(self, request); },
+      [=](join_atom, node_hello& hello) { return rejoin(self, hello); },
       [=](heartbeat_atom, node_report& report) {
         auto& s = self->state;
         auto node = report.node;

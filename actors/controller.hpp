@@ -11,6 +11,9 @@
 // connection broke: SIGKILL, crash, network) or its heartbeats stop for heartbeat_timeout_ms.
 // A dead node's decode lane stays dead (its requests re-place onto live lanes); each of its
 // prefill shards is re-spawned on the live prefill-capable node with the fewest shards.
+// A node process that joins later (join_atom, forwarded by the registrar) takes the place of a
+// dead node with the same profile and roles: it gets that node's id, and the slots still on
+// that id (its decode lane, shards that found no live prefill node) are spawned on it.
 
 #include "actors/fabric_context.hpp"
 #include "actors/placement.hpp"
@@ -41,6 +44,8 @@ struct controller_spec {
   /// Multi-process: a node whose agent sent no heartbeat for this long is declared dead
   /// (as when CAF reports its agent down): its actors are re-placed on live nodes. 0: off.
   int heartbeat_timeout_ms = 0;
+  /// Multi-process: the interval a node that joins later is told to heartbeat at.
+  int heartbeat_interval_ms = 200;
 };
 
 /// Spawns the controller and, through it, every shard and lane of `spec`.

@@ -109,8 +109,9 @@ const std::vector<option_spec>& serve_options() {
          c.nodes_listen = single(v);
        }},
       {"--nodes", "DUET_NODES", "nodes", "INT",
-       "With --nodes-listen: nodes that must join before serving (membership is then fixed)", false,
-       [](const serve_config& c) { return std::to_string(c.nodes); },
+       "With --nodes-listen: nodes that must join before serving (later joins only replace dead "
+       "nodes)",
+       false, [](const serve_config& c) { return std::to_string(c.nodes); },
        [](serve_config& c, V v) { c.nodes = static_cast<int>(parse_int(single(v), 1, 1024)); }},
       {"--nodes-join-timeout-ms", "DUET_NODES_JOIN_TIMEOUT_MS", "nodes_join_timeout_ms", "MS",
        "With --nodes-listen: how long to wait for the nodes to join and start their shards and "

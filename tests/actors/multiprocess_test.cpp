@@ -1,6 +1,7 @@
 // The multi-process deployment: a `duet controller` and `duet node` processes (the real
 // binary, as child processes), control over CAF's middleman, KV over zmq+tcp between node
 // processes. Every wait is bounded; every child is killed and reaped at the end.
+#include "actors/controller.hpp"
 #include "tests/actors/fabric_support.hpp"
 #include "tests/support/line_reader.hpp"
 
@@ -127,6 +128,7 @@ struct deployment {
   std::map<int, pid_t> node_pids;        ///< node id -> pid, from the controller's join events
   std::map<int, std::string> node_roles; ///< node id -> "prefill" / "decode"
   std::vector<std::string> log;          ///< the controller's lines, for failure messages
+  std::string address;                   ///< where nodes join (HOST:PORT)
 
   explicit deployment(int slow_decode_ms)
       : deployment({"prefill", "decode", "decode"},
@@ -162,14 +164,8 @@ struct deployment {
     auto w = words(*first);
     REQUIRE(w.size() == 2);
     REQUIRE(w[0] == "listening");
-    auto address = w[1];
-    for (const auto& role : roles) {
-      std::vector<std::string> args{
-          duet_binary(), "node",        "--join",  address,   "--role", role,          "--profile",
-          "cpu",         "--transport", "zmq+tcp", "--model", model,    "--tokenizer", tok};
-      args.insert(args.end(), node_args.begin(), node_args.end());
-      nodes.push_back(std::make_unique<child_process>(args));
-    }
+    address = w[1];
+    for (const auto& role : roles) nodes.push_back(start_node(role, node_args));
     while (true) {
       auto line = controller->read_line();
       REQUIRE(line);
@@ -184,6 +180,29 @@ struct deployment {
       if (lw.size() >= 1 && lw[0] == "ready") break;
     }
     REQUIRE(node_pids.size() == roles.size());
+  }
+
+  /// A `duet node` process joining this controller with `role`.
+  std::unique_ptr<child_process> start_node(const std::string& role,
+                                            const std::vector<std::string>& node_args = {}) {
+    std::vector<std::string> args{duet_binary(), "node",
+                                  "--join",      address,
+                                  "--role",      role,
+                                  "--profile",   "cpu",
+                                  "--transport", "zmq+tcp",
+                                  "--model",     duet::test::model_file("stories260K.bin"),
+                                  "--tokenizer", duet::test::model_file("tok512.bin")};
+    args.insert(args.end(), node_args.begin(), node_args.end());
+    return std::make_unique<child_process>(args);
+  }
+
+  /// Reads controller lines (into the log) until one starts with `prefix`; false on timeout.
+  bool wait_for_event(const std::string& prefix) {
+    while (auto line = controller->read_line()) {
+      log.push_back(*line);
+      if (line->rfind(prefix, 0) == 0) return true;
+    }
+    return false;
   }
 
   child_process& node_with_pid(pid_t pid) {
@@ -379,5 +398,58 @@ TEST_CASE("a prefill node process SIGKILLed mid-prefill is detected, its shard r
   }
   CHECK(node_down);
   CHECK(re_placed);
+  d.shut_down();
+}
+
+TEST_CASE("a decode node process that joins after one died takes its place and serves, and a "
+          "join with no dead node to replace is refused with the reason") {
+  auto prompt = story_prompt();
+  const int max_tokens = 12;
+  auto expected = duet::test::reference_tokens(prompt, max_tokens);
+  deployment d{{"prefill", "decode"}, {}};
+  int decode_id = -1;
+  for (const auto& [id, role] : d.node_roles)
+    if (role == "decode") decode_id = id;
+  REQUIRE(decode_id >= 0);
+  auto log = [&] {
+    std::string all;
+    for (const auto& e : d.log) all += e + "\n";
+    return all;
+  };
+
+  // Every node alive: a further node has no place to take. The controller says why (and the
+  // node, on stderr, before it exits 1).
+  {
+    auto extra = d.start_node("decode");
+    INFO("controller: " << log());
+    CHECK(d.wait_for_event("event join refused pid " + std::to_string(extra->pid()) +
+                           ": no dead node with profile cpu and roles decode to replace"));
+    CHECK(extra->wait_exit() == 1);
+  }
+
+  // The decode node dies between requests; the controller declares it dead.
+  pid_t killed = d.node_pids.at(decode_id);
+  d.node_with_pid(killed).kill(SIGKILL);
+  CHECK(d.node_with_pid(killed).wait_exit() == 128 + SIGKILL);
+  INFO("controller: " << log());
+  REQUIRE(d.wait_for_event("event node " + std::to_string(decode_id) + " down: "));
+
+  // A new decode node process joins: it takes the dead node's id and gets its decode lane.
+  d.nodes.push_back(d.start_node("decode"));
+  const pid_t replacement = d.nodes.back()->pid();
+  REQUIRE(d.wait_for_event("event node " + std::to_string(decode_id) + " rejoined pid " +
+                           std::to_string(replacement) + " "));
+  REQUIRE(d.wait_for_event("event spawned " +
+                           std::string(duet::actors::decode_lane_name(decode_id)) + " on node " +
+                           std::to_string(decode_id)));
+
+  // The next request decodes on the new process with the single-engine tokens.
+  auto r = run_request(d, "r4", prompt, max_tokens, [](run_result&, int) {});
+  INFO(r.done);
+  CHECK(r.done.find(" error=") == r.done.size() - 7); // no error text
+  CHECK(r.decode_node == decode_id);
+  CHECK(r.tokens == expected);
+  for (std::size_t i = 0; i < r.positions.size(); ++i)
+    CHECK(r.positions[i] == int(prompt.size() + i));
   d.shut_down();
 }
