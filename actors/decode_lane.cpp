@@ -52,8 +52,10 @@ struct lane_state {
   std::deque<waiter> waiters;
   std::vector<engine::decode_item> items; ///< [decode_batch_max]
   std::vector<std::uint64_t> batch;       ///< request of each item
-  std::vector<float> logits;              ///< [decode_batch_max][vocab]
-  std::vector<float> x;                   ///< [chunk][dim] integrated prefill
+  std::vector<std::uint64_t> running;     ///< step scratch: the running requests
+  std::uint64_t rotation = 0; ///< last request stepped: the next full step starts after it
+  std::vector<float> logits;  ///< [decode_batch_max][vocab]
+  std::vector<float> x;       ///< [chunk][dim] integrated prefill
   std::int64_t tokens_total = 0;
   bool step_pending = false;
   bool crashed = false; ///< quit by the fault injector; finish the handler without work
@@ -141,19 +143,33 @@ void maybe_run(lane_actor* self, lane_seq& seq) {
   schedule_step(self);
 }
 
-/// One continuous-batch step over every running sequence (up to decode_batch_max).
+/// One continuous-batch step over the running sequences: all of them, or when more run than
+/// decode_batch_max, the next decode_batch_max in request order after the previous step's
+/// (round robin), so none waits for others to finish. A sequence's tokens do not depend on
+/// what it is batched with (kernels.hpp), so the rotation changes timing only.
 void step(lane_actor* self) {
   auto& st = self->state;
   st.step_pending = false;
   auto& ctx = *st.ctx;
   st.items.clear();
   st.batch.clear();
-  for (auto& [request, seq] : st.seqs) {
-    if (!seq.running) continue;
-    if (int(st.items.size()) >= ctx.config.decode_batch_max) break;
+  st.running.clear();
+  for (const auto& [request, seq] : st.seqs)
+    if (seq.running) st.running.push_back(request);
+  const std::size_t batch_max = std::size_t(std::max(1, ctx.config.decode_batch_max));
+  std::size_t first = 0;
+  if (st.running.size() > batch_max) {
+    std::sort(st.running.begin(), st.running.end());
+    first = std::size_t(std::upper_bound(st.running.begin(), st.running.end(), st.rotation) -
+                        st.running.begin());
+  }
+  for (std::size_t i = 0; i < st.running.size() && i < batch_max; ++i) {
+    auto request = st.running[(first + i) % st.running.size()];
+    const auto& seq = st.seqs.at(request);
     st.items.push_back({request, seq.next_token, seq.next_pos});
     st.batch.push_back(request);
   }
+  if (!st.batch.empty()) st.rotation = st.batch.back();
   if (!st.items.empty()) {
     if (ctx.config.decode_step_delay_ms > 0)
       std::this_thread::sleep_for(std::chrono::milliseconds(ctx.config.decode_step_delay_ms));

@@ -3,6 +3,9 @@
 
 #include "engine/tokenizer.hpp"
 
+#include <array>
+#include <atomic>
+#include <limits>
 #include <random>
 
 using namespace duet;
@@ -50,6 +53,51 @@ TEST_CASE("64 concurrent requests with mixed prompt and output lengths all compl
   CHECK(stats.integrated > 0);
   CHECK(stats.disaggregated > 0);
   CHECK(stats.requests_finished == std::uint64_t(n));
+  CHECK(settled_kv_blocks(*cluster) == 0);
+}
+
+TEST_CASE("a decode lane with more running sequences than its batch steps them in turn, so "
+          "none waits for the others to finish") {
+  // 4 sequences, batches of 2, each step slowed to 20 ms: in turn, every sequence gets its first
+  // lane token within a couple of steps; without rotation the last two would get none until the
+  // first two had all 24 of theirs (an ordering of events, not a time bound).
+  auto cfg = stories_config();
+  cfg.decode_batch_max = 2;
+  cfg.decode_step_delay_ms = 20;
+  auto cluster = actors::make_embedded_cluster(cfg);
+  constexpr int n = 4, max_tokens = 24;
+  std::atomic<int> events{0};
+  std::array<std::atomic<int>, n> first_lane_token{}, done_at{};
+  std::vector<collector> cols(n);
+  auto prompt = cluster->tokenizer().encode("Once upon a time", true);
+  for (int i = 0; i < n; ++i) {
+    auto cb = cols[std::size_t(i)].callbacks();
+    auto on_token = cb.on_token;
+    cb.on_token = [&, i, on_token, count = 0](int position, int token) mutable {
+      if (++count == 2) first_lane_token[std::size_t(i)] = ++events; // the 1st is the prefill's
+      on_token(position, token);
+    };
+    auto on_done = cb.on_done;
+    cb.on_done = [&, i, on_done](const actors::completion_result& r) {
+      done_at[std::size_t(i)] = ++events;
+      on_done(r);
+    };
+    auto rq = make_request("rr" + std::to_string(i), prompt, max_tokens);
+    rq.stop_at_eos = false; // all run the full 24 tokens
+    cluster->submit(std::move(rq), std::move(cb));
+  }
+  int last_first_token = 0, first_done = std::numeric_limits<int>::max();
+  for (int i = 0; i < n; ++i) {
+    auto out = cols[std::size_t(i)].wait();
+    INFO("request " << i << ": " << out.result.error_message);
+    CHECK(out.result.error == actors::service_error::none);
+    CHECK(out.tokens == reference_tokens(prompt, max_tokens, false));
+    check_positions(out, int(prompt.size()));
+    last_first_token = std::max(last_first_token, first_lane_token[std::size_t(i)].load());
+    first_done = std::min(first_done, done_at[std::size_t(i)].load());
+  }
+  CHECK(last_first_token > 0);
+  CHECK(last_first_token < first_done);
   CHECK(settled_kv_blocks(*cluster) == 0);
 }
 
