@@ -313,26 +313,32 @@ DUET_AVX2 void quantize_activations_avx2(const float* x, std::int64_t x_stride, 
 #define DUET_Q8_TARGET DUET_AVX2
 #define DUET_Q8_DPBUSD(acc, u, s)                                                                  \
   _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)))
+#define DUET_Q8_UNSIGNED_X 0
 #include "engine/kernels_q8_0.ipp"
 #undef DUET_Q8_NS
 #undef DUET_Q8_TARGET
 #undef DUET_Q8_DPBUSD
+#undef DUET_Q8_UNSIGNED_X
 
 #define DUET_Q8_NS q8_avx_vnni
 #define DUET_Q8_TARGET __attribute__((target("avx2,fma,f16c,avxvnni")))
 #define DUET_Q8_DPBUSD(acc, u, s) _mm256_dpbusd_avx_epi32(acc, u, s)
+#define DUET_Q8_UNSIGNED_X 1
 #include "engine/kernels_q8_0.ipp"
 #undef DUET_Q8_NS
 #undef DUET_Q8_TARGET
 #undef DUET_Q8_DPBUSD
+#undef DUET_Q8_UNSIGNED_X
 
 #define DUET_Q8_NS q8_avx512_vnni
 #define DUET_Q8_TARGET __attribute__((target("avx2,fma,f16c,avx512vnni,avx512vl")))
 #define DUET_Q8_DPBUSD(acc, u, s) _mm256_dpbusd_epi32(acc, u, s)
+#define DUET_Q8_UNSIGNED_X 1
 #include "engine/kernels_q8_0.ipp"
 #undef DUET_Q8_NS
 #undef DUET_Q8_TARGET
 #undef DUET_Q8_DPBUSD
+#undef DUET_Q8_UNSIGNED_X
 
 /// Single-token f16: R rows with two accumulators each (latency of the FMA chain hidden).
 template <int R>

@@ -3,14 +3,19 @@
 //   DUET_Q8_NS         the namespace of this instantiation (avx2, avx_vnni, avx512_vnni)
 //   DUET_Q8_TARGET     the function attribute naming its instruction set
 //   DUET_Q8_DPBUSD     (acc, u, s): acc + per int32 lane the sum of 4 products u8 x s8
+//   DUET_Q8_UNSIGNED_X 1 where DPBUSD is one exact instruction (VNNI): the many-token tiles then
+//                      feed x + 128 as the unsigned operand and start each (row, block) from
+//                      -128 * sum(w) (once per row block, shared by all tokens) instead of
+//                      moving signs per (row, token); 0 for maddubs, whose int16 pairs would
+//                      saturate on x + 128
 // A function's target attribute covers the intrinsics it may use, so the same template cannot
 // serve two instruction sets; the include keeps one copy of the logic instead of three.
 //
 // Every path computes the same int32 lanes: lane l of a block's dot product is
-// sum_{k=4l}^{4l+3} |w_k| * sign(x_k, w_k), exact (no saturation) in maddubs+madd and in dpbusd
-// alike. The float steps after it are identical too, so all instantiations (and the one-token
-// and many-token paths of each) give bit-identical results; tests/engine/kernels_test.cpp
-// checks this with ==.
+// sum_{k=4l}^{4l+3} w_k * x_k, exact: as |w_k| * sign(x_k, w_k) (no saturation in maddubs+madd
+// or dpbusd), or as (x_k + 128) * w_k - 128 * w_k (dpbusd only). The float steps after it are
+// identical too, so all instantiations (and the one-token and many-token paths of each) give
+// bit-identical results; tests/engine/kernels_test.cpp checks this with ==.
 
 namespace DUET_Q8_NS {
 
@@ -50,9 +55,11 @@ DUET_Q8_TARGET void gemv_q8_0(const tensor_view& w, std::int64_t r0, const q8_ac
   for (int i = 0; i < R; ++i) y[r0 + i] = hsum(acc[i]);
 }
 
-/// R q8_0 rows x NT tokens (prefill, batched decode): each weight block is loaded and made
-/// unsigned once for NT tokens. Per (row, token) the operations and their order are exactly
-/// gemv_q8_0's, so the result is bit-identical to multiplying that token alone.
+/// R q8_0 rows x NT tokens (prefill, batched decode): each weight block is loaded (and its
+/// per-row part of the dot product prepared) once for NT tokens, each activation block once for
+/// R rows; the scale d_w * d_x is one vector multiply per (row, token). Per (row, token) the
+/// int32 lanes and the float operations and their order are exactly gemv_q8_0's, so the result
+/// is bit-identical to multiplying that token alone.
 template <int R, int NT>
 DUET_Q8_TARGET void tile_q8_0(const tensor_view& w, std::int64_t r0, const q8_activation_block* xq,
                               std::int64_t blocks, int t0, float* y, std::int64_t y_stride) {
@@ -63,25 +70,41 @@ DUET_Q8_TARGET void tile_q8_0(const tensor_view& w, std::int64_t r0, const q8_ac
   DUET_UNROLL
   for (int i = 0; i < R; ++i) DUET_UNROLL
   for (int j = 0; j < NT; ++j) acc[i][j] = _mm256_setzero_ps();
+#if DUET_Q8_UNSIGNED_X
+  const __m256i bias = _mm256_set1_epi8(static_cast<char>(0x80)); // +128 as u8; -128 as s8
+#endif
   for (std::int64_t b = 0; b < blocks; ++b) {
-    __m256i wv[R], aw[R];
-    float dw[R];
+    __m256i wv[R], start[R];
+    __m256 dw[R];
     DUET_UNROLL
     for (int i = 0; i < R; ++i) {
       wv[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[i][b].qs));
-      aw[i] = _mm256_sign_epi8(wv[i], wv[i]);
-      dw[i] = _cvtsh_ss(rows[i][b].d);
+#if DUET_Q8_UNSIGNED_X
+      // -128 * sum of each lane's 4 weights: (x + 128) . w starting here is exactly x . w.
+      start[i] = _mm256_sub_epi32(_mm256_setzero_si256(),
+                                  DUET_Q8_DPBUSD(_mm256_setzero_si256(), bias, wv[i]));
+#else
+      start[i] = _mm256_sign_epi8(wv[i], wv[i]); // |w|, the unsigned operand
+#endif
+      dw[i] = _mm256_set1_ps(_cvtsh_ss(rows[i][b].d));
     }
     DUET_UNROLL
     for (int j = 0; j < NT; ++j) {
       const q8_activation_block& xb = xq[(t0 + j) * blocks + b];
       const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb.qs));
+      const __m256 dx = _mm256_set1_ps(xb.d);
+#if DUET_Q8_UNSIGNED_X
+      const __m256i xu = _mm256_xor_si256(xv, bias); // x + 128, as u8
+#endif
       DUET_UNROLL
       for (int i = 0; i < R; ++i) {
+#if DUET_Q8_UNSIGNED_X
+        const __m256i isum = DUET_Q8_DPBUSD(start[i], xu, wv[i]);
+#else
         const __m256i isum =
-            DUET_Q8_DPBUSD(_mm256_setzero_si256(), aw[i], _mm256_sign_epi8(xv, wv[i]));
-        acc[i][j] =
-            _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(dw[i] * xb.d), acc[i][j]);
+            DUET_Q8_DPBUSD(_mm256_setzero_si256(), start[i], _mm256_sign_epi8(xv, wv[i]));
+#endif
+        acc[i][j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw[i], dx), acc[i][j]);
       }
     }
   }
