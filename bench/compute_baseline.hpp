@@ -12,4 +12,11 @@ namespace duet::bench {
 /// real kernel reaches.
 double measure_fma_gflops(int threads, int repeats = 5);
 
+/// Peak int8 multiply-add throughput in GOP/s (a u8 x s8 multiply-add counted as 2 ops, as an
+/// FMA is) with the instructions the q8_0 kernels use at engine::kernels::current_simd():
+/// vpdpbusd (AVX-VNNI / AVX512-VNNI, 32 per instruction) or maddubs + madd (AVX2). Chains on
+/// registers, best of `repeats`; 0 when the kernels run scalar. A q8_0 matmul also converts and
+/// scales every 32-product block in f32, so it stays well below this.
+double measure_int8_gops(int threads, int repeats = 5);
+
 } // namespace duet::bench

@@ -52,7 +52,8 @@ double matmul_flop(const engine::model_weights& w) {
 } // namespace
 
 double engine_bench_result::compute_ceiling_tokens_per_s() const {
-  return matmul_flop_per_token <= 0 ? 0.0 : peak_gflops * 1e9 / matmul_flop_per_token;
+  const double peak = int8_gops > 0 ? int8_gops : peak_gflops;
+  return matmul_flop_per_token <= 0 ? 0.0 : peak * 1e9 / matmul_flop_per_token;
 }
 
 double engine_bench_result::roofline_tokens_per_s() const {
@@ -83,6 +84,7 @@ engine_bench_result run_engine_bench(const engine_bench_options& o) {
   res.read_gbps = measure_read_gbps(o.bandwidth_bytes, o.threads);
   report("measuring FMA peak");
   res.peak_gflops = measure_fma_gflops(o.threads);
+  if (res.weight_types == "q8_0") res.int8_gops = measure_int8_gops(o.threads);
   res.matmul_flop_per_token = matmul_flop(w);
 
   int batch_max = 1;
@@ -175,8 +177,11 @@ std::string format_engine_bench(const engine_bench_result& r) {
   const double ceiling = r.compute_ceiling_tokens_per_s();
   line(fmt::format("fma peak         {:.1f} GFLOP/s ({} threads, f32, measured now)", r.peak_gflops,
                    r.threads));
-  line(fmt::format("compute ceiling  {:.1f} tok/s prefill (peak / {:.0f} MFLOP per token){}",
-                   ceiling, r.matmul_flop_per_token / 1e6,
+  if (r.int8_gops > 0)
+    line(fmt::format("int8 peak        {:.1f} GOP/s ({} threads, {} multiply-adds, measured now)",
+                     r.int8_gops, r.threads, r.simd));
+  line(fmt::format("compute ceiling  {:.1f} tok/s prefill ({} peak / {:.0f} MFLOP per token){}",
+                   ceiling, r.int8_gops > 0 ? "int8" : "fma", r.matmul_flop_per_token / 1e6,
                    roof > 0 ? fmt::format(" = {:.1f}x the decode roofline", ceiling / roof) : ""));
   double single = 0;
   for (const auto& d : r.decode)

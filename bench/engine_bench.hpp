@@ -4,8 +4,9 @@
 // this machine's memory read bandwidth measured in the same run. Decode of one sequence reads
 // every weight once per token, so its ceiling (the roofline) is bandwidth / weight bytes per
 // token; batched decode reads them once per step for the whole batch. Prefill and large batches
-// are bound by arithmetic instead: the f32 FMA peak, also measured in the same run, caps them at
-// peak / (2 FLOP x weights) tokens per second.
+// are bound by arithmetic instead: the arithmetic peak, also measured in the same run, caps them
+// at peak / (2 FLOP x weights) tokens per second — the f32 FMA peak, or for q8_0 weights the
+// int8 multiply-add peak of the instructions its kernels use (vpdpbusd with VNNI).
 
 #include "engine/dtype.hpp"
 
@@ -46,6 +47,9 @@ struct engine_bench_result {
   double matmul_flop_per_token = 0.0;     ///< 2 x the weights of every matmul
   double read_gbps = 0.0;                 ///< measured with the same thread count
   double peak_gflops = 0.0;               ///< f32 FMA peak, same thread count
+  /// int8 multiply-add peak (GOP/s) with the q8_0 kernels' instructions; 0 unless the matmul
+  /// weights are all q8_0 (their ceiling is then this, not the f32 peak)
+  double int8_gops = 0.0;
   std::vector<engine_bench_figure> prefill;
   std::vector<engine_bench_figure> decode;
   std::size_t kv_pool_bytes = 0;
@@ -53,7 +57,8 @@ struct engine_bench_result {
   /// Single-sequence decode tok/s if it ran at the memory read bandwidth.
   double roofline_tokens_per_s() const;
 
-  /// Tokens per second if every matmul ran at the FMA peak (the prefill ceiling).
+  /// Tokens per second if every matmul ran at the arithmetic peak (the prefill ceiling): the
+  /// int8 peak for q8_0 weights, else the f32 FMA peak.
   double compute_ceiling_tokens_per_s() const;
 };
 
