@@ -42,13 +42,13 @@ void setup_bench_engine(CLI::App& app) {
                   "this CPU lacks falls back to the next one below it; the model line says "
                   "which ran)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"best", "scalar", "avx2", "avx512vnni", "avxvnni"}));
+      ->check(CLI::IsMember({"best", "scalar", "avx2", "avxvnni", "avx512vnni"}));
   cmd->callback([o] {
     using engine::kernels::simd;
-    engine::kernels::set_simd_limit(o->simd == "scalar"       ? simd::scalar
-                                    : o->simd == "avx2"       ? simd::avx2
-                                    : o->simd == "avx512vnni" ? simd::avx512_vnni
-                                                              : simd::avx_vnni);
+    engine::kernels::set_simd_limit(o->simd == "scalar"    ? simd::scalar
+                                    : o->simd == "avx2"    ? simd::avx2
+                                    : o->simd == "avxvnni" ? simd::avx_vnni
+                                                           : simd::avx512_vnni);
     o->bench.kv_type = o->kv == "f16" ? engine::dtype::f16 : engine::dtype::f32;
     progress bar("bench engine");
     o->bench.on_progress = [&bar](double fraction, std::string_view step) {

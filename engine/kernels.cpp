@@ -18,7 +18,7 @@ namespace duet::engine::kernels {
 
 namespace {
 
-std::atomic<simd> simd_limit{simd::avx_vnni};
+std::atomic<simd> simd_limit{simd::avx512_vnni};
 
 /// 32 activations quantized for the q8_0 dot product: x[i] ~= d * qs[i], qs in [-127, 127].
 struct q8_activation_block {
@@ -66,7 +66,7 @@ bool supported(simd level) {
 
 simd widest_at_or_below(simd limit) {
   static const bool has[] = {supported(simd::scalar), supported(simd::avx2),
-                             supported(simd::avx512_vnni), supported(simd::avx_vnni)};
+                             supported(simd::avx_vnni), supported(simd::avx512_vnni)};
   for (int l = static_cast<int>(limit); l > 0; --l)
     if (has[l]) return static_cast<simd>(l);
   return simd::scalar;
@@ -314,31 +314,37 @@ DUET_AVX2 void quantize_activations_avx2(const float* x, std::int64_t x_stride, 
 #define DUET_Q8_DPBUSD(acc, u, s)                                                                  \
   _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)))
 #define DUET_Q8_UNSIGNED_X 0
+#define DUET_Q8_TILE_ROWS 2
 #include "engine/kernels_q8_0.ipp"
 #undef DUET_Q8_NS
 #undef DUET_Q8_TARGET
 #undef DUET_Q8_DPBUSD
 #undef DUET_Q8_UNSIGNED_X
+#undef DUET_Q8_TILE_ROWS
 
 #define DUET_Q8_NS q8_avx_vnni
 #define DUET_Q8_TARGET __attribute__((target("avx2,fma,f16c,avxvnni")))
 #define DUET_Q8_DPBUSD(acc, u, s) _mm256_dpbusd_avx_epi32(acc, u, s)
 #define DUET_Q8_UNSIGNED_X 1
+#define DUET_Q8_TILE_ROWS 2
 #include "engine/kernels_q8_0.ipp"
 #undef DUET_Q8_NS
 #undef DUET_Q8_TARGET
 #undef DUET_Q8_DPBUSD
 #undef DUET_Q8_UNSIGNED_X
+#undef DUET_Q8_TILE_ROWS
 
 #define DUET_Q8_NS q8_avx512_vnni
 #define DUET_Q8_TARGET __attribute__((target("avx2,fma,f16c,avx512vnni,avx512vl")))
 #define DUET_Q8_DPBUSD(acc, u, s) _mm256_dpbusd_epi32(acc, u, s)
 #define DUET_Q8_UNSIGNED_X 1
+#define DUET_Q8_TILE_ROWS 4
 #include "engine/kernels_q8_0.ipp"
 #undef DUET_Q8_NS
 #undef DUET_Q8_TARGET
 #undef DUET_Q8_DPBUSD
 #undef DUET_Q8_UNSIGNED_X
+#undef DUET_Q8_TILE_ROWS
 
 /// Single-token f16: R rows with two accumulators each (latency of the FMA chain hidden).
 template <int R>
@@ -497,7 +503,7 @@ std::string_view simd_name(simd level) {
 }
 
 simd best_simd() {
-  return widest_at_or_below(simd::avx_vnni);
+  return widest_at_or_below(simd::avx512_vnni);
 }
 
 simd current_simd() {

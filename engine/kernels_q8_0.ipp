@@ -136,6 +136,8 @@ DUET_Q8_TARGET void matmul_q8_0(const tensor_view& w, const float* x, std::int64
     for (; t + 2 <= n; t += 2) tile_q8_0<R, 2>(w, r0, xq.data(), blocks, t, y, y_stride);
     for (; t < n; ++t) tile_q8_0<R, 1>(w, r0, xq.data(), blocks, t, y, y_stride);
   };
+  for (; r + DUET_Q8_TILE_ROWS <= row_end; r += DUET_Q8_TILE_ROWS)
+    rows_times_tokens(std::integral_constant<int, DUET_Q8_TILE_ROWS>{}, r);
   for (; r + 2 <= row_end; r += 2) rows_times_tokens(std::integral_constant<int, 2>{}, r);
   for (; r < row_end; ++r) rows_times_tokens(std::integral_constant<int, 1>{}, r);
 }

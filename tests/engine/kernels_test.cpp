@@ -99,8 +99,8 @@ TEST_CASE("matmul of f32, f16 and q8_0 weights matches a scalar reference") {
   INFO("seed " << test_seed() << " (set DUET_TEST_SEED to replay)");
   auto type = GENERATE(dtype::f32, dtype::f16, dtype::q8_0);
   // A level this CPU lacks runs the next one below it (simd_level() in the message says which).
-  auto level = GENERATE(kernels::simd::scalar, kernels::simd::avx2, kernels::simd::avx512_vnni,
-                        kernels::simd::avx_vnni);
+  auto level = GENERATE(kernels::simd::scalar, kernels::simd::avx2, kernels::simd::avx_vnni,
+                        kernels::simd::avx512_vnni);
   kernels::set_simd_limit(level);
   struct shape {
     int rows, cols, n;
@@ -150,8 +150,8 @@ TEST_CASE("matmul gives a token bit-identical results alone and in a batch, for 
   std::mt19937 rng(test_seed());
   INFO("seed " << test_seed() << " (set DUET_TEST_SEED to replay)");
   auto type = GENERATE(dtype::f32, dtype::f16, dtype::q8_0);
-  auto level = GENERATE(kernels::simd::scalar, kernels::simd::avx2, kernels::simd::avx512_vnni,
-                        kernels::simd::avx_vnni);
+  auto level = GENERATE(kernels::simd::scalar, kernels::simd::avx2, kernels::simd::avx_vnni,
+                        kernels::simd::avx512_vnni);
   kernels::set_simd_limit(level);
   INFO(dtype_name(type) << " " << kernels::simd_level());
   const int rows = 21, cols = 256, n = 7;
@@ -176,7 +176,7 @@ TEST_CASE("q8_0 matmul gives bit-identical results with and without VNNI") {
   // A disaggregated request may prefill on a host with VNNI and decode on one without: the
   // integer dot products are exact on every path, so the results must be equal, not close.
   std::vector<kernels::simd> vnni;
-  for (auto l : {kernels::simd::avx512_vnni, kernels::simd::avx_vnni}) {
+  for (auto l : {kernels::simd::avx_vnni, kernels::simd::avx512_vnni}) {
     kernels::set_simd_limit(l);
     if (kernels::current_simd() == l) vnni.push_back(l);
   }
