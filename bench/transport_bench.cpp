@@ -1,6 +1,7 @@
 #include "bench/transport_bench.hpp"
 
 #include "messages/stream_frame.hpp"
+#include "transport/checksum.hpp"
 #include "transport/transport.hpp"
 
 #include <zmq.hpp>
@@ -9,6 +10,8 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <sys/mman.h>
+#include <sys/uio.h>
 #include <thread>
 #include <unistd.h>
 #include <utility>
@@ -50,6 +53,65 @@ messages::kv_segment_header header_for(std::size_t bytes, std::uint64_t request)
   return h;
 }
 
+/// The receive window the benchmark gives a transport for `bytes` segments (room to pipeline).
+std::size_t window_for(std::size_t bytes) {
+  return std::max<std::size_t>(4 * bytes, 16 << 20);
+}
+
+/// Memory laid out as fabric's receive window is (2 MiB-aligned, transparent huge pages
+/// advised, faulted in), for the ring baselines.
+std::shared_ptr<std::byte> window_like(std::size_t bytes) {
+  constexpr std::size_t huge = std::size_t{2} << 20;
+  const std::size_t rounded = (bytes + huge - 1) / huge * huge;
+  void* mem = std::aligned_alloc(huge, rounded);
+  if (mem == nullptr) throw std::bad_alloc();
+  (void)::madvise(mem, rounded, MADV_HUGEPAGE);
+  std::memset(mem, 0, rounded);
+  return {static_cast<std::byte*>(mem), [](std::byte* p) { std::free(p); }};
+}
+
+/// The copy a transport has to make, without any transport: the same bytes into successive
+/// slots of a ring the size of the window the transport gets (the memcpy baseline copies into
+/// one warm buffer), by memcpy or (`cma`) by process_vm_writev to this process, which is the
+/// copy libfabric's shm makes for an RMA write. Latency: one copy.
+transport_point bench_ring(const transport_bench_options& o, std::size_t bytes, bool cma) {
+  transport_point p;
+  p.name = cma ? "cma ring" : "memcpy ring";
+  p.bytes = bytes;
+  auto src = transport::buffer::allocate(bytes);
+  for (std::size_t i = 0; i < bytes; ++i) src.data()[i] = static_cast<std::byte>(i * 131);
+  const std::size_t slots = window_for(bytes) / bytes;
+  auto ring = window_like(slots * bytes);
+  const pid_t self = getpid();
+  const int n = stream_count(o, bytes);
+  std::vector<double> lat;
+  // One untimed pass over every slot first, as the transports get theirs (their first lone
+  // segments are not timed): the first copy into each slot pays one-off costs (a first CMA
+  // into a region was measured 20x slower than later ones).
+  const int warm = static_cast<int>(slots);
+  clock_type::time_point t0;
+  for (int i = 0; i < warm + n; ++i) {
+    if (i == warm) t0 = clock_type::now();
+    auto t = clock_type::now();
+    std::byte* dst = ring.get() + static_cast<std::size_t>(i) % slots * bytes;
+    if (cma) {
+      iovec local{src.data(), bytes}, remote{dst, bytes};
+      if (::process_vm_writev(self, &local, 1, &remote, 1, 0) != static_cast<ssize_t>(bytes)) {
+        p.note = "process_vm_writev failed (CMA not permitted here?)";
+        return p;
+      }
+    } else {
+      std::memcpy(dst, src.data(), bytes);
+    }
+    if (i >= warm) lat.push_back(seconds_since(t) * 1e6);
+  }
+  p.gbps = static_cast<double>(bytes) * n / seconds_since(t0) / 1e9;
+  p.p50_us = percentile(lat, 0.5);
+  p.p99_us = percentile(lat, 0.99);
+  p.iterations = n;
+  return p;
+}
+
 transport_point bench_memcpy(const transport_bench_options& o, std::size_t bytes) {
   transport_point p;
   p.name = "memcpy";
@@ -72,11 +134,12 @@ transport_point bench_memcpy(const transport_bench_options& o, std::size_t bytes
   return p;
 }
 
-/// Raw ZeroMQ: PAIR sockets, zero-copy sends of one reused buffer, no envelope, no checksum.
+/// Raw ZeroMQ: PAIR sockets, zero-copy sends of one reused buffer, no envelope; with `hash`
+/// the receiver verifies each message's xxh3 (as every duet arrival is) before dropping it.
 transport_point bench_raw_zmq(const transport_bench_options& o, std::size_t bytes,
-                              const std::string& flavor) {
+                              const std::string& flavor, bool hash = false) {
   transport_point p;
-  p.name = "raw zmq+" + flavor;
+  p.name = "raw zmq+" + flavor + (hash ? " +xxh3" : "");
   p.bytes = bytes;
   zmq::context_t ctx(1);
   zmq::socket_t rx(ctx, zmq::socket_type::pair), tx(ctx, zmq::socket_type::pair);
@@ -86,6 +149,13 @@ transport_point bench_raw_zmq(const transport_bench_options& o, std::size_t byte
   tx.connect(rx.get(zmq::sockopt::last_endpoint));
   auto payload = transport::buffer::allocate(bytes);
   std::memset(payload.data(), 3, bytes);
+  const std::uint64_t checksum = transport::checksum_xxh3(payload.bytes());
+  std::atomic<bool> corrupt{false};
+  auto check = [&](const zmq::message_t& m) {
+    if (hash &&
+        transport::checksum_xxh3({static_cast<const std::byte*>(m.data()), m.size()}) != checksum)
+      corrupt = true;
+  };
   auto send_one = [&] {
     tx.send(zmq::message_t(
                 payload.data(), bytes, [](void*, void*) {}, nullptr),
@@ -98,6 +168,7 @@ transport_point bench_raw_zmq(const transport_bench_options& o, std::size_t byte
     send_one();
     zmq::message_t m;
     (void)rx.recv(m);
+    check(m);
     lat.push_back(seconds_since(t) * 1e6);
   }
   const int n = stream_count(o, bytes);
@@ -107,6 +178,7 @@ transport_point bench_raw_zmq(const transport_bench_options& o, std::size_t byte
     for (int i = 0; i < n; ++i) {
       zmq::message_t m;
       (void)rx.recv(m);
+      check(m);
       got.fetch_add(1);
     }
   });
@@ -116,6 +188,7 @@ transport_point bench_raw_zmq(const transport_bench_options& o, std::size_t byte
   p.p50_us = percentile(lat, 0.5);
   p.p99_us = percentile(lat, 0.99);
   p.iterations = n;
+  if (corrupt) p.note = "checksum mismatch";
   return p;
 }
 
@@ -150,7 +223,7 @@ transport_point bench_backend(const transport_bench_options& o, std::size_t byte
   transport::options topts;
   topts.fabric_payload = payload_mode;
   topts.segment_bytes_max = std::max<std::size_t>(bytes, 1 << 20);
-  topts.window_bytes = std::max<std::size_t>(4 * bytes, 16 << 20); // room to pipeline
+  topts.window_bytes = window_for(bytes);
   auto rx = transport::listen(bind_address(scheme), topts);
   if (!rx) {
     p.note = rx.err().to_string();
@@ -236,22 +309,59 @@ std::size_t envelope_bytes() {
 
 std::vector<transport_point> run_transport_bench(const transport_bench_options& o) {
   std::vector<transport_point> out;
-  const double points = static_cast<double>(o.sizes.size() * (3 + o.backends.size()));
+  auto wants = [&](const std::string& prefix) {
+    return std::any_of(o.backends.begin(), o.backends.end(),
+                       [&](const std::string& b) { return b.rfind(prefix, 0) == 0; });
+  };
+  // The additional baselines (see transport_bench.hpp) run only next to the backends they
+  // are for.
+  const bool shm = wants("fabric+shm"), zmq_tcp = wants("zmq+tcp"), zmq_ipc = wants("zmq+ipc");
+  const std::size_t extra = 1 + (shm ? 1 : 0) + (zmq_tcp ? 1 : 0) + (zmq_ipc ? 1 : 0);
+  const double points = static_cast<double>(o.sizes.size() * (3 + extra + o.backends.size()));
   auto report = [&](const std::string& what, std::size_t bytes) {
     if (o.on_progress)
       o.on_progress(static_cast<double>(out.size()) / points,
                     what + " " + std::to_string(bytes >> 10) + " KiB");
   };
+  auto measure = [&](const std::string& name, std::size_t bytes, auto&& run) {
+    report(name, bytes);
+    out.push_back(run());
+    return out.back().gbps;
+  };
   for (std::size_t bytes : o.sizes) {
-    report("memcpy", bytes);
-    out.push_back(bench_memcpy(o, bytes));
-    report("raw zmq+tcp", bytes);
-    out.push_back(bench_raw_zmq(o, bytes, "tcp"));
-    report("raw zmq+ipc", bytes);
-    out.push_back(bench_raw_zmq(o, bytes, "ipc"));
+    measure("memcpy", bytes, [&] { return bench_memcpy(o, bytes); });
+    const double ring = measure("memcpy ring", bytes, [&] { return bench_ring(o, bytes, false); });
+    const double cma =
+        shm ? measure("cma ring", bytes, [&] { return bench_ring(o, bytes, true); }) : 0;
+    measure("raw zmq+tcp", bytes, [&] { return bench_raw_zmq(o, bytes, "tcp"); });
+    const double raw_tcp_hash = zmq_tcp
+                                    ? measure("raw zmq+tcp +xxh3", bytes,
+                                              [&] { return bench_raw_zmq(o, bytes, "tcp", true); })
+                                    : 0;
+    measure("raw zmq+ipc", bytes, [&] { return bench_raw_zmq(o, bytes, "ipc"); });
+    const double raw_ipc_hash = zmq_ipc
+                                    ? measure("raw zmq+ipc +xxh3", bytes,
+                                              [&] { return bench_raw_zmq(o, bytes, "ipc", true); })
+                                    : 0;
+    auto pct = [](double a, double b) {
+      return b > 0 ? std::to_string(static_cast<int>(100.0 * a / b + 0.5)) + "%" : "-";
+    };
     for (const auto& b : o.backends) {
       report(b, bytes);
-      out.push_back(bench_backend(o, bytes, b));
+      auto p = bench_backend(o, bytes, b);
+      // The comparisons with the additional baselines (the "vs base" column keeps the
+      // issue's own: memcpy, raw ZeroMQ).
+      if (p.gbps > 0 && p.note.empty()) {
+        if (b.rfind("fabric+shm", 0) == 0)
+          p.note = pct(p.gbps, ring) + " of memcpy ring, " + pct(p.gbps, cma) + " of cma ring";
+        else if (b.rfind("fabric", 0) == 0)
+          p.note = pct(p.gbps, ring) + " of memcpy ring";
+        else if (b == "zmq+tcp")
+          p.note = pct(p.gbps, raw_tcp_hash) + " of raw zmq+tcp +xxh3";
+        else if (b == "zmq+ipc")
+          p.note = pct(p.gbps, raw_ipc_hash) + " of raw zmq+ipc +xxh3";
+      }
+      out.push_back(std::move(p));
     }
   }
   if (o.on_progress) o.on_progress(1.0, "done");

@@ -5,6 +5,23 @@
 // Proto). Sender and receiver run on two threads of this process; the sender reuses one
 // payload buffer (as a producer that recycles its KV staging buffers would), the receiver
 // verifies every segment's xxh3 (always on, it is part of the protocol).
+//
+// Baselines. The two, printed as before and used for the "vs base" column:
+//   memcpy              the same bytes into one warm destination buffer, over and over
+//   raw zmq+tcp / +ipc  PAIR sockets, zero-copy sends, the receiver drops each message unread
+// Neither does what a transport must, so three more are printed next to them, each only
+// when a backend it is for is measured; the backend's note gives its ratio to them:
+//   memcpy ring         the same bytes into successive slots of a ring the size of the
+//                       receive window the transports get here (max(4 x size, 16 MiB),
+//                       laid out as fabric's window: 2 MiB-aligned, huge pages advised), after
+//                       one untimed pass: a transport cannot land every segment in one warm
+//                       buffer
+//   cma ring            the same, copied by process_vm_writev into this process: the copy
+//                       libfabric's shm makes for an RMA write, alone (fabric+shm's ceiling)
+//   raw zmq+tcp +xxh3   raw ZeroMQ whose receiver verifies each message's xxh3 before
+//                       dropping it, as every arrival must be verified (no envelope, no
+//                       credits: in flight is bounded only by ZeroMQ's high-water marks)
+// The targets themselves are unchanged: fabric+shm vs memcpy, zmq vs raw zmq.
 
 #include <cstddef>
 #include <functional>
