@@ -21,7 +21,69 @@ constexpr std::chrono::milliseconds recv_poll{100};
 
 } // namespace
 
+kv_sender_set::kv_sender_set(std::shared_ptr<fabric_context> ctx)
+    : ctx_(std::move(ctx)), worker_([this] { run(); }) {}
+
+kv_sender_set::~kv_sender_set() {
+  {
+    std::lock_guard guard{mutex_};
+    stop_ = true;
+  }
+  changed_.notify_all();
+  worker_.join();
+}
+
 caf::error kv_sender_set::send(const prefill_route& route, transport::segment seg) {
+  const auto bytes = seg.payload.size();
+  std::unique_lock lock{mutex_};
+  bool room = changed_.wait_for(lock, send_timeout, [&] {
+    return queue_.empty() ||
+           (queue_.size() < queue_segments_max && queued_bytes_ + bytes <= queue_bytes_max);
+  });
+  if (!room)
+    return make_error(fabric_errc::transport_failure,
+                      fmt::format("KV send queue to lane at {} still full after {} ms ({} "
+                                  "segments, {} bytes)",
+                                  route.kv_address.empty() ? "(actor)" : route.kv_address,
+                                  send_timeout.count(), queue_.size(), queued_bytes_));
+  queue_.push_back({route, std::move(seg)});
+  queued_bytes_ += bytes;
+  lock.unlock();
+  changed_.notify_all();
+  return caf::none;
+}
+
+void kv_sender_set::run() {
+  std::pair<std::uint64_t, std::uint32_t> failed{0, 0}; // (request, epoch) whose send failed
+  bool any_failed = false;
+  std::unique_lock lock{mutex_};
+  while (true) {
+    changed_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+    if (stop_) break;
+    auto item = std::move(queue_.front());
+    queue_.pop_front();
+    const auto bytes = item.seg.payload.size();
+    lock.unlock();
+    const std::pair<std::uint64_t, std::uint32_t> key{item.route.request, item.route.epoch};
+    if (!(any_failed && key == failed)) {
+      if (auto err = send_now(item.route, std::move(item.seg))) {
+        failed = key;
+        any_failed = true;
+        caf::anon_send(item.route.request_actor,
+                       work_failed{item.route.request, item.route.epoch, std::move(err)});
+      }
+    }
+    lock.lock();
+    queued_bytes_ -= bytes; // counted until sent, so the bound covers the one in flight too
+    changed_.notify_all();
+  }
+  queue_.clear();
+  queued_bytes_ = 0;
+  lock.unlock();
+  senders_.clear(); // closed on this thread, before the shard's context goes
+}
+
+caf::error kv_sender_set::send_now(const prefill_route& route, transport::segment seg) {
   auto verdict = ctx_->faults.next_segment();
   if (verdict.delay_ms > 0)
     std::this_thread::sleep_for(std::chrono::milliseconds(verdict.delay_ms));

@@ -2,10 +2,11 @@
 
 // The sending and receiving ends of KV movement as the actors see them.
 //
-// Sending (a prefill shard): `kv_sender_set` keeps one transport sender per decode lane
-// address, connected on first use, and applies the fault injector's verdict for each segment
-// (drop, delay, corrupt). With no address (transport "actor") the segment travels as a CAF
-// message to the lane, checksummed the same way, so every path is verified on arrival.
+// Sending (a prefill shard): `kv_sender_set` queues the shard's segments (bounded) for a worker
+// thread that keeps one transport sender per decode lane address, connected on first use, and
+// applies the fault injector's verdict for each segment (drop, delay, corrupt). With no address
+// (transport "actor") the segment travels as a CAF message to the lane, checksummed the same way,
+// so every path is verified on arrival.
 //
 // Receiving (a decode node): `kv_pump` owns the lane's transport receiver and a thread that
 // waits in recv() (blocking with a timeout, never spinning) and forwards each accepted segment
@@ -19,9 +20,12 @@
 #include <caf/error.hpp>
 
 #include <atomic>
+#include <condition_variable>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -29,14 +33,44 @@ namespace duet::actors {
 
 class kv_sender_set {
 public:
-  explicit kv_sender_set(std::shared_ptr<fabric_context> ctx) : ctx_(std::move(ctx)) {}
+  /// Segments queued and not yet sent, at most (and bytes, except that a lone segment larger
+  /// than that is still taken when the queue is empty).
+  static constexpr std::size_t queue_segments_max = 64;
+  static constexpr std::size_t queue_bytes_max = std::size_t{64} << 20;
 
-  /// Sends one segment towards `route`'s lane. Errors are fabric errors (transport_failure).
+  explicit kv_sender_set(std::shared_ptr<fabric_context> ctx);
+  /// Stops the worker; segments still queued are dropped (the shard is going away: their
+  /// requests re-run their prefill elsewhere, or were released).
+  ~kv_sender_set();
+  kv_sender_set(const kv_sender_set&) = delete;
+  kv_sender_set& operator=(const kv_sender_set&) = delete;
+
+  /// Queues one segment for `route`'s lane and returns: the worker thread sends the queue in
+  /// order, so the shard computes its next layer while this one crosses the transport (the
+  /// first token can reach the lane before the last KV: the lane starts decoding once its KV
+  /// is complete). Fails (transport_failure) only when the queue stays full for the send
+  /// timeout. A failed send reaches route.request_actor as work_failed from the worker, once per
+  /// (request, epoch); that epoch's later segments are skipped.
   caf::error send(const prefill_route& route, transport::segment seg);
 
 private:
+  struct queued {
+    prefill_route route;
+    transport::segment seg;
+  };
+
+  void run();
+  /// Sends one segment now (fault verdict, connect on first use, transport send).
+  caf::error send_now(const prefill_route& route, transport::segment seg);
+
   std::shared_ptr<fabric_context> ctx_;
-  std::map<std::string, std::unique_ptr<transport::sender>> senders_;
+  std::map<std::string, std::unique_ptr<transport::sender>> senders_; ///< worker thread only
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::deque<queued> queue_;
+  std::size_t queued_bytes_ = 0;
+  bool stop_ = false;
+  std::thread worker_;
 };
 
 class kv_pump {

@@ -107,7 +107,7 @@ bool run_chunk(shard_actor* self, const prefill_route& route, int shard_index, i
       seg.header.n_kv_heads = static_cast<std::uint32_t>(meta.n_kv_heads);
       seg.header.head_size = static_cast<std::uint32_t>(meta.head_size);
       seg.header.payload_bytes = seg.payload.size();
-      if (auto err = st.senders->send(route, std::move(seg))) {
+      if (auto err = st.senders->send(route, std::move(seg))) { // queued: see kv_link.hpp
         st.drop(seq);
         report(self, route, std::move(err));
         return false;
