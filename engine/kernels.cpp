@@ -188,10 +188,13 @@ constexpr int tile_rows = 4;
 /// R f32 weight rows x NT tokens: R * NT dot products with every accumulator in a register
 /// (R * NT + R <= 16 ymm; the activation is an FMA memory operand). Each 8-wide weight load is
 /// reused for NT tokens and each activation load for R rows.
+/// `next` (or null): the R rows the caller multiplies after these, prefetched alongside so they
+/// come from cache when their first tile starts (the multi-token path streams each row group
+/// from memory once).
 template <int R, int NT>
 DUET_AVX2 void tile_f32(const float* const* rows, std::int64_t cols, const float* x,
                         std::int64_t x_stride, int t0, float* y, std::int64_t y_stride,
-                        std::int64_t r0) {
+                        std::int64_t r0, const float* const* next = nullptr) {
   const std::int64_t cols8 = cols & ~std::int64_t{7};
   const float* xs[NT];
   DUET_UNROLL
@@ -206,6 +209,8 @@ DUET_AVX2 void tile_f32(const float* const* rows, std::int64_t cols, const float
     for (int i = 0; i < R; ++i) {
       if constexpr (NT == 1)
         _mm_prefetch(reinterpret_cast<const char*>(rows[i] + k) + prefetch_bytes, _MM_HINT_T0);
+      else if (next != nullptr && k % 16 == 0) // one prefetch per 64-byte line
+        _mm_prefetch(reinterpret_cast<const char*>(next[i] + k), _MM_HINT_T0);
       wv[i] = _mm256_loadu_ps(rows[i] + k);
     }
     DUET_UNROLL
@@ -245,11 +250,14 @@ DUET_AVX2 void dequantize_rows(const tensor_view& w, std::int64_t r0, float* dst
 template <int R>
 DUET_AVX2 void rows_times_tokens(const float* const* rows, std::int64_t cols, const float* x,
                                  std::int64_t x_stride, int n, float* y, std::int64_t y_stride,
-                                 std::int64_t r0) {
+                                 std::int64_t r0, const float* const* next = nullptr) {
   constexpr int NT = R == 4 ? 3 : 6; // R * NT + R <= 16 registers
   int t = 0;
-  for (; t + NT <= n; t += NT) tile_f32<R, NT>(rows, cols, x, x_stride, t, y, y_stride, r0);
-  for (; t + 2 <= n; t += 2) tile_f32<R, 2>(rows, cols, x, x_stride, t, y, y_stride, r0);
+  // The first tile (the one that streams these rows in) prefetches the next group's rows.
+  for (; t + NT <= n; t += NT)
+    tile_f32<R, NT>(rows, cols, x, x_stride, t, y, y_stride, r0, t == 0 ? next : nullptr);
+  for (; t + 2 <= n; t += 2)
+    tile_f32<R, 2>(rows, cols, x, x_stride, t, y, y_stride, r0, t == 0 ? next : nullptr);
   for (; t < n; ++t) tile_f32<R, 1>(rows, cols, x, x_stride, t, y, y_stride, r0);
 }
 
@@ -260,15 +268,22 @@ DUET_AVX2 void row_group(const tensor_view& w, std::int64_t r0, const float* x,
                          std::int64_t x_stride, int n, float* y, std::int64_t y_stride,
                          std::vector<float>& scratch) {
   const float* rows[R];
+  const float* next[R];
+  bool has_next = false;
   if (w.type == dtype::f32) {
     DUET_UNROLL
     for (int i = 0; i < R; ++i) rows[i] = reinterpret_cast<const float*>(w.row(r0 + i));
+    has_next = r0 + 2 * R <= w.rows;
+    if (has_next) {
+      DUET_UNROLL
+      for (int i = 0; i < R; ++i) next[i] = reinterpret_cast<const float*>(w.row(r0 + R + i));
+    }
   } else {
     dequantize_rows<R>(w, r0, scratch.data());
     DUET_UNROLL
     for (int i = 0; i < R; ++i) rows[i] = scratch.data() + i * w.cols;
   }
-  rows_times_tokens<R>(rows, w.cols, x, x_stride, n, y, y_stride, r0);
+  rows_times_tokens<R>(rows, w.cols, x, x_stride, n, y, y_stride, r0, has_next ? next : nullptr);
 }
 
 /// quantize_activations, 8 lanes at a time (the same d, and the same rounding: half to even).

@@ -60,12 +60,17 @@ DUET_Q8_TARGET void gemv_q8_0(const tensor_view& w, std::int64_t r0, const q8_ac
 /// R rows; the scale d_w * d_x is one vector multiply per (row, token). Per (row, token) the
 /// int32 lanes and the float operations and their order are exactly gemv_q8_0's, so the result
 /// is bit-identical to multiplying that token alone.
+/// With `prefetch_next`, the next R rows are prefetched alongside (the first tile over a row
+/// group streams it from memory; the next group then comes from cache).
 template <int R, int NT>
 DUET_Q8_TARGET void tile_q8_0(const tensor_view& w, std::int64_t r0, const q8_activation_block* xq,
-                              std::int64_t blocks, int t0, float* y, std::int64_t y_stride) {
+                              std::int64_t blocks, int t0, float* y, std::int64_t y_stride,
+                              bool prefetch_next = false) {
   const q8_0_block* rows[R];
   DUET_UNROLL
   for (int i = 0; i < R; ++i) rows[i] = reinterpret_cast<const q8_0_block*>(w.row(r0 + i));
+  const std::int64_t row_bytes = blocks * std::int64_t(sizeof(q8_0_block));
+  prefetch_next = prefetch_next && r0 + 2 * R <= w.rows;
   __m256 acc[R][NT];
   DUET_UNROLL
   for (int i = 0; i < R; ++i) DUET_UNROLL
@@ -78,6 +83,8 @@ DUET_Q8_TARGET void tile_q8_0(const tensor_view& w, std::int64_t r0, const q8_ac
     __m256 dw[R];
     DUET_UNROLL
     for (int i = 0; i < R; ++i) {
+      if (prefetch_next && b % 2 == 0) // 2 blocks = 68 bytes, about a line
+        _mm_prefetch(reinterpret_cast<const char*>(rows[i] + b) + R * row_bytes, _MM_HINT_T0);
       wv[i] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[i][b].qs));
 #if DUET_Q8_UNSIGNED_X
       // -128 * sum of each lane's 4 weights: (x + 128) . w starting here is exactly x . w.
@@ -132,8 +139,8 @@ DUET_Q8_TARGET void matmul_q8_0(const tensor_view& w, const float* x, std::int64
   auto rows_times_tokens = [&](auto rows_tag, std::int64_t r0) DUET_Q8_TARGET {
     constexpr int R = decltype(rows_tag)::value;
     int t = 0;
-    for (; t + 4 <= n; t += 4) tile_q8_0<R, 4>(w, r0, xq.data(), blocks, t, y, y_stride);
-    for (; t + 2 <= n; t += 2) tile_q8_0<R, 2>(w, r0, xq.data(), blocks, t, y, y_stride);
+    for (; t + 4 <= n; t += 4) tile_q8_0<R, 4>(w, r0, xq.data(), blocks, t, y, y_stride, t == 0);
+    for (; t + 2 <= n; t += 2) tile_q8_0<R, 2>(w, r0, xq.data(), blocks, t, y, y_stride, t == 0);
     for (; t < n; ++t) tile_q8_0<R, 1>(w, r0, xq.data(), blocks, t, y, y_stride);
   };
   for (; r + DUET_Q8_TILE_ROWS <= row_end; r += DUET_Q8_TILE_ROWS)
