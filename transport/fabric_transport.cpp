@@ -20,9 +20,10 @@
 // xxh3 (receiver's core) overlap. It is sound on shm because a write completes only once its
 // bytes are placed (fast path; CMA/SAR after the target's answer) or sit in the target's FIFO
 // command queue ahead of the envelope (inline/inject): the envelope never overtakes its data.
-// Measured (duet bench transport --backends fabric+shm, 3 runs each, loaded 2-core VM, with
-// the huge-page window below and the dispatching xxh3): 1 MiB 4.3-6.9 -> 10.4-11.5 GB/s,
-// 16 MiB 2.6-4.0 -> 5.8-6.2 GB/s, 64 KiB p50 latency 112-160 -> 13-14 us.
+// Measured (duet bench transport --backends fabric+shm zmq+tcp; before 3 runs, after 4; the
+// loaded 2-core VM; with the huge-page window below and the dispatching xxh3): 1 MiB 4.3-6.6
+// -> 9.6-11.1 GB/s (memcpy 42.7-47.6, the CMA copy alone 28.7-31.7), 16 MiB 2.6-2.8 ->
+// 12.5-14.9 GB/s (memcpy 21.6-23.7: 58-64%), 64 KiB p50 latency 113-161 -> 13.6-14.9 us.
 // The window is a ring: the sender allocates contiguous regions in order (skipping the tail
 // when a segment does not fit before the end, which costs that padding as credit too); the
 // receiver frees in order. Where tail + segment exceed the window (window < 2x the segment),

@@ -7,6 +7,17 @@
 // libzmq), receiver 0 for frames libzmq allocates on their own (large ones; the buffer keeps
 // the zmq message alive), 1 for small frames that sit misaligned in libzmq's batch buffer.
 // The kernel copies (socket write, socket read) are the transport's.
+//
+// Measured (duet bench transport --backends fabric+shm zmq+tcp, loaded 2-core VM; before 3
+// runs, after 4, after = the transport's dispatching xxh3, transport/checksum.hpp): 1 MiB
+// 2.3-2.7 -> 3.8-5.5 GB/s (raw ZeroMQ 6.7-7.9: 56-73%), 16 MiB 0.54-1.05 -> 0.83-1.30 GB/s
+// (raw 1.5-2.6). What is left at 16 MiB is libzmq's receive memory, not the envelope or the
+// credits: libzmq mallocs every large frame; a receiver that verifies a frame before dropping
+// it holds it while the I/O thread allocates the next, and glibc trims and re-maps that memory
+// (a page fault costs ~13 us on this VM). Raw ZeroMQ whose receiver verifies xxh3 collapses the
+// same way (0.67-0.74 GB/s; "raw zmq+tcp +xxh3" in the benchmark). libzmq 4.3 takes no receive
+// allocator, and mallopt would be process-wide (docs/messages.md, Throughput, has the
+// GLIBC_TUNABLES that help a receiving process, and what they cost raw ZeroMQ).
 
 #include "transport/arrival_checker.hpp"
 #include "transport/backends.hpp"
