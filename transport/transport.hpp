@@ -132,13 +132,15 @@ public:
   /// oversized when the payload exceeds segment_bytes_max or the receiver's window.
   /// Returns once the payload is handed to the backend (inproc: queued; zmq: given to libzmq,
   /// may still be in flight); fabric: once the RMA write (or tagged send) and its envelope are
-  /// posted (up to 64 in flight within the window); the sender holds the payload until the
-  /// operation completes, and a per-sender progress thread drives completions while the caller
-  /// is idle (some providers need the initiator's progress to finish a transfer).
+  /// posted (up to 64 in flight within the window; shm: the envelope once the write has
+  /// completed, which its fast path does inside the call); the sender holds the payload until
+  /// the operation completes, and a per-sender progress thread drives completions (and shm's
+  /// envelopes) while the caller is idle (some providers need the initiator's progress to
+  /// finish a transfer).
   virtual result<void> send(segment seg, milliseconds timeout) = 0;
 
-  /// Waits until every segment sent so far has left this process (fabric: write or send done;
-  /// zmq: handed to the socket; inproc: queued). Errors as for send().
+  /// Waits until every segment sent so far has left this process (fabric: write or send done,
+  /// envelope sent; zmq: handed to the socket; inproc: queued). Errors as for send().
   virtual result<void> flush(milliseconds timeout) = 0;
 
   /// Payload bytes sent and not yet released by the receiver (<= the receiver's window).
