@@ -399,6 +399,8 @@ public:
     return victim.name;
   }
 
+  std::vector<std::string> crash_node(int node) override { return kill_node_actors(*ctx_, node); }
+
   std::vector<std::string> actor_names() const override {
     std::vector<std::string> out;
     for (const auto& e : ctx_->registry.snapshot())

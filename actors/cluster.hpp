@@ -119,6 +119,10 @@ public:
   virtual bool kill_actor(const std::string& name) = 0;
   /// Kills one random live actor of `kind` (seeded); returns its name ("" if none).
   virtual std::string kill_random(actor_kind kind) = 0;
+  /// Crashes node `node`: every live prefill shard and decode lane on it is killed at once (the
+  /// controller restarts each, as after a host reboot). Returns the names killed (none: no such
+  /// node or nothing alive on it).
+  virtual std::vector<std::string> crash_node(int node) = 0;
   /// Names of the live prefill shards and decode lanes.
   virtual std::vector<std::string> actor_names() const = 0;
   virtual cluster_stats stats() const = 0;

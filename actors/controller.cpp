@@ -35,6 +35,7 @@ struct slot {
   int shard_index = 0;
   std::deque<std::chrono::steady_clock::time_point> restarts; ///< within the window
   std::uint64_t generation = 0; ///< remote spawns: only the latest request's reply counts
+  bool spawning = false;        ///< remote spawn asked, reply not in yet
 };
 
 struct assignment {
@@ -75,6 +76,7 @@ void spawn_slot(controller_actor* self, slot& s) {
     s.entry.alive = false;
     s.entry.handle = caf::actor{};
     auto generation = ++s.generation;
+    s.spawning = true;
     slot_request rq;
     rq.name = s.entry.name;
     rq.decode = s.entry.kind == actor_kind::decode_lane;
@@ -94,6 +96,7 @@ void spawn_slot(controller_actor* self, slot& s) {
                 return;
               }
               auto& sl = it->second;
+              sl.spawning = false;
               sl.entry.handle = std::move(handle);
               sl.entry.alive = true;
               self->monitor(sl.entry.handle);
@@ -103,6 +106,10 @@ void spawn_slot(controller_actor* self, slot& s) {
             [=](caf::error& err) {
               // The node is unreachable: the slot stays dead until membership declares the
               // node dead and re-places it.
+              auto& st2 = self->state;
+              auto it = st2.slots.find(name);
+              if (it != st2.slots.end() && it->second.generation == generation)
+                it->second.spawning = false;
               emit(self, fmt::format("spawn of {} failed: {}", name, describe(err)));
             });
     st.ctx->registry.put(s.entry);
@@ -201,6 +208,7 @@ void node_down(controller_actor* self, int node, const std::string& why) {
   for (auto& [name, sl] : st.slots) {
     if (sl.entry.node != node) continue;
     ++sl.generation; // a spawn reply still on its way is void
+    sl.spawning = false;
     if (sl.entry.alive) self->demonitor(sl.entry.handle);
     sl.entry.alive = false;
     sl.entry.handle = caf::actor{};
@@ -393,7 +401,17 @@ caf::behavior controller_impl(controller_actor* self, std::shared_ptr<fabric_con
         placement_query pq{q.prompt_tokens, q.max_tokens, static_cast<placement_mode>(q.mode)};
         if (pq.mode == placement_mode::automatic) pq.mode = s.ctx->config.placement;
         auto decision = place_request(pq, views, depth, s.ctx->config.policy);
-        if (!decision) return decision.error();
+        if (!decision) {
+          // Nothing live fits, but a lane or shard is being restarted on a node process: the
+          // request waits for it (overloaded: retried until its deadline) instead of failing.
+          if (fabric_code(decision.error()) == fabric_errc::no_capacity)
+            for (const auto& [name, sl] : s.slots)
+              if (sl.spawning)
+                return make_error(fabric_errc::overloaded,
+                                  fmt::format("{} is restarting on node {}; placement retries",
+                                              name, sl.entry.node));
+          return decision.error();
+        }
         placement_reply reply;
         reply.disaggregated = decision->disaggregated;
         reply.decode_node = decision->decode_node;

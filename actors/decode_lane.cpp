@@ -200,11 +200,13 @@ void step(lane_actor* self) {
       }
     }
     st.tokens_total += std::int64_t(st.items.size());
-    if (ctx.faults.crash_decode_after_tokens(st.spec.node, st.tokens_total)) {
+    if (auto crash = ctx.faults.crash_decode_after_tokens(st.spec.node, st.tokens_total)) {
       st.crashed = true;
-      self->quit(make_error(
-          fabric_errc::injected_fault,
-          fmt::format("decode lane {} crashed after {} tokens", st.spec.node, st.tokens_total)));
+      if (crash.whole_node) kill_node_actors(ctx, st.spec.node, self->address());
+      self->quit(
+          make_error(fabric_errc::injected_fault,
+                     fmt::format("decode lane {} crashed{} after {} tokens", st.spec.node,
+                                 crash.whole_node ? " with its node" : "", st.tokens_total)));
       return;
     }
   }

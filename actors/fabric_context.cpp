@@ -1,5 +1,7 @@
 #include "actors/fabric_context.hpp"
 
+#include <caf/send.hpp>
+
 #include <prometheus/counter.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
@@ -98,6 +100,17 @@ fabric_metrics make_fabric_metrics(const std::shared_ptr<prometheus::Registry>& 
 void observe_kv_transfer(const fabric_metrics& metrics, double seconds, std::uint64_t bytes) {
   if (metrics.kv_bytes != nullptr) metrics.kv_bytes->Increment(double(bytes));
   if (metrics.kv_transfer_seconds != nullptr) metrics.kv_transfer_seconds->Observe(seconds);
+}
+
+std::vector<std::string> kill_node_actors(fabric_context& ctx, int node,
+                                          const caf::actor_addr& except) {
+  std::vector<std::string> killed;
+  for (const auto& e : ctx.registry.snapshot()) {
+    if (!e.alive || e.node != node || !e.handle || e.handle.address() == except) continue;
+    caf::anon_send_exit(e.handle, caf::exit_reason::kill);
+    killed.push_back(e.name);
+  }
+  return killed;
 }
 
 void publish_node_kv(fabric_context& ctx, int node) {

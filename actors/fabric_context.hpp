@@ -9,6 +9,7 @@
 #include "engine/model_file.hpp"
 
 #include <caf/actor.hpp>
+#include <caf/actor_addr.hpp>
 
 #include <atomic>
 #include <cstdint>
@@ -137,6 +138,11 @@ fabric_metrics make_fabric_metrics(const std::shared_ptr<prometheus::Registry>& 
 
 /// Adds seconds to the KV transfer histogram and bytes to the counter (when present).
 void observe_kv_transfer(const fabric_metrics& metrics, double seconds, std::uint64_t bytes);
+
+/// Kills every live prefill shard and decode lane the registry places on `node` except
+/// `except` (the caller, which quits by itself): a node crash. Returns the names killed.
+std::vector<std::string> kill_node_actors(fabric_context& ctx, int node,
+                                          const caf::actor_addr& except = {});
 
 /// Sets node `node`'s KV block gauges to the sum over the live actors the registry places there
 /// (a node may run prefill shards and a decode lane: each publishes its own pool's atomics,

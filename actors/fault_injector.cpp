@@ -20,7 +20,7 @@ void fault_injector::add_rule(const fault_rule& rule) {
   config_.rules.push_back(rule);
 }
 
-bool fault_injector::crash_prefill_at_chunk(int node, int chunk) {
+crash_verdict fault_injector::crash_prefill_at_chunk(int node, int chunk) {
   std::lock_guard guard{mutex_};
   for (auto& r : config_.rules) {
     if (r.remaining <= 0 || r.what != fault_rule::action::crash_actor ||
@@ -29,12 +29,12 @@ bool fault_injector::crash_prefill_at_chunk(int node, int chunk) {
     if (r.node >= 0 && r.node != node) continue;
     --r.remaining;
     ++fired_;
-    return true;
+    return {true, r.whole_node};
   }
-  return false;
+  return {};
 }
 
-bool fault_injector::crash_decode_after_tokens(int node, std::int64_t tokens_total) {
+crash_verdict fault_injector::crash_decode_after_tokens(int node, std::int64_t tokens_total) {
   std::lock_guard guard{mutex_};
   for (auto& r : config_.rules) {
     if (r.remaining <= 0 || r.what != fault_rule::action::crash_actor ||
@@ -43,9 +43,9 @@ bool fault_injector::crash_decode_after_tokens(int node, std::int64_t tokens_tot
     if (r.node >= 0 && r.node != node) continue;
     --r.remaining;
     ++fired_;
-    return true;
+    return {true, r.whole_node};
   }
-  return false;
+  return {};
 }
 
 kv_fault fault_injector::next_segment() {

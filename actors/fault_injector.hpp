@@ -35,6 +35,16 @@ struct fault_rule {
   int at_segment = -1;   ///< KV faults: the n-th segment (0-based) sent by the cluster
   int delay_ms = 0;      ///< delay_kv: how long
   int remaining = 1;
+  /// crash_actor: the whole node goes down with the actor (every live prefill shard and decode
+  /// lane of its node at once, as when the host dies; their supervisor restarts them).
+  bool whole_node = false;
+};
+
+/// A crash rule's verdict for an actor at one of its check points.
+struct crash_verdict {
+  bool crash = false;
+  bool whole_node = false; ///< take the node's other actors down too
+  explicit operator bool() const { return crash; }
 };
 
 /// Per-segment probabilities for chaos runs.
@@ -67,10 +77,10 @@ public:
   void add_rule(const fault_rule& rule);
 
   /// A prefill shard on `node` is starting chunk `chunk` of a request: crash now?
-  bool crash_prefill_at_chunk(int node, int chunk);
+  crash_verdict crash_prefill_at_chunk(int node, int chunk);
 
   /// A decode lane on `node` has produced `tokens_total` tokens since it started: crash now?
-  bool crash_decode_after_tokens(int node, std::int64_t tokens_total);
+  crash_verdict crash_decode_after_tokens(int node, std::int64_t tokens_total);
 
   /// The fault for the next KV segment a shard sends (counts segments cluster-wide).
   kv_fault next_segment();

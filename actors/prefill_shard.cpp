@@ -60,10 +60,13 @@ bool run_chunk(shard_actor* self, const prefill_route& route, int shard_index, i
                int n, bool last, std::vector<float>& x) {
   auto& st = self->state;
   auto& ctx = *st.ctx;
-  if (ctx.faults.crash_prefill_at_chunk(st.spec.node, chunk)) {
-    self->quit(make_error(fabric_errc::injected_fault,
-                          fmt::format("prefill shard {}/{} crashed at chunk {} of request {}",
-                                      st.spec.node, st.spec.shard_index, chunk, route.request)));
+  if (auto crash = ctx.faults.crash_prefill_at_chunk(st.spec.node, chunk)) {
+    if (crash.whole_node) kill_node_actors(ctx, st.spec.node, self->address());
+    self->quit(
+        make_error(fabric_errc::injected_fault,
+                   fmt::format("prefill shard {}/{} crashed{} at chunk {} of request {}",
+                               st.spec.node, st.spec.shard_index,
+                               crash.whole_node ? " with its node" : "", chunk, route.request)));
     return false;
   }
   auto seq = route.request;

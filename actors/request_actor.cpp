@@ -16,6 +16,10 @@ namespace {
 
 using clock_type = std::chrono::steady_clock;
 
+/// How soon a request places again when the controller says a lane or shard it needs is being
+/// restarted (bounded by the request's deadline).
+constexpr std::chrono::milliseconds placement_retry_interval{20};
+
 struct request_state {
   std::shared_ptr<fabric_context> ctx;
   caf::actor controller;
@@ -195,7 +199,14 @@ void place(request_actor* self) {
                     });
           },
           [=](caf::error& err) {
-            if (self->state.finished) return;
+            auto& s = self->state;
+            if (s.finished || s.epoch != epoch) return;
+            // A lane or shard is restarting (controller: overloaded): place again shortly, as
+            // long as the deadline allows (its timer ends the request otherwise).
+            if (fabric_code(err) == fabric_errc::overloaded) {
+              self->delayed_send(self, placement_retry_interval, retry_atom::value, epoch);
+              return;
+            }
             finish(self, finish_reason::error, std::move(err));
           });
 }

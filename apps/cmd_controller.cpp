@@ -4,6 +4,8 @@
 // FILE, "-" for stdin) so tests and scripts can drive it without a gateway:
 //
 //   in:   <request_id> <max_tokens> <auto|integrated|disaggregated> <tok>,<tok>,...
+//         kill <actor name>          (fault injection: "decode/1", "prefill/0/0")
+//         crash-node <node id>       (fault injection: every actor of that node at once)
 //   out:  listening <host>:<port>
 //         event <text>                       (node joined / down, placement, re-placement)
 //         token <request_id> <position> <token>
@@ -91,6 +93,39 @@ const char* reason_name(actors::finish_reason r) {
   return "error";
 }
 
+/// "kill <name>" or "crash-node <n>": runs it and reports it as an event line (true), or not
+/// a fault command (false). The controller's supervisor restarts what was killed.
+bool fault_command(actors::cluster& cluster, const std::string& line) {
+  std::istringstream in{line};
+  std::string verb, arg, extra;
+  in >> verb >> arg;
+  if (verb != "kill" && verb != "crash-node") return false;
+  if (arg.empty() || (in >> extra)) {
+    say(fmt::format("rejected '{}': expected 'kill <actor name>' or 'crash-node <node id>'", line));
+    return true;
+  }
+  if (verb == "kill") {
+    say(cluster.kill_actor(arg) ? fmt::format("event killed {}", arg)
+                                : fmt::format("event kill {}: no live actor of that name", arg));
+    return true;
+  }
+  int node = -1;
+  try {
+    std::size_t used = 0;
+    node = std::stoi(arg, &used);
+    if (used != arg.size()) throw std::invalid_argument("trailing");
+  } catch (const std::exception&) {
+    say(fmt::format("rejected '{}': node id '{}' is not a number", line, arg));
+    return true;
+  }
+  auto killed = cluster.crash_node(node);
+  std::string names;
+  for (const auto& n : killed) names += (names.empty() ? "" : ",") + n;
+  say(killed.empty() ? fmt::format("event crash-node {}: no live actor on that node", node)
+                     : fmt::format("event crashed node {}: {}", node, names));
+  return true;
+}
+
 /// One request line into a completion_request; throws std::invalid_argument.
 actors::completion_request parse_request(const std::string& line) {
   std::istringstream in{line};
@@ -152,6 +187,7 @@ void run_controller(const controller_cli& o) {
   int in_flight = 0;
   for (std::string line; std::getline(in, line);) {
     if (line.empty() || line[0] == '#') continue;
+    if (fault_command(*cluster, line)) continue;
     actors::completion_request req;
     try {
       req = parse_request(line);

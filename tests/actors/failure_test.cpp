@@ -6,6 +6,9 @@
 
 #include "engine/tokenizer.hpp"
 
+#include <algorithm>
+#include <atomic>
+#include <mutex>
 #include <random>
 
 using namespace duet;
@@ -65,6 +68,74 @@ TEST_CASE("a prefill shard killed mid-prefill is restarted, its chunks re-run, a
   check_positions(out, int(prompt.size()));
   CHECK(out.result.restarts == 1);
   CHECK(cluster->faults().fired() == 1);
+  CHECK(settled_kv_blocks(*cluster) == 0);
+}
+
+TEST_CASE("a whole-node crash rule on a decode lane crashes its node, and the request ends with "
+          "the fault-free tokens") {
+  // An embedded node runs one actor, so its crash is that actor's: restarted once. (A node
+  // process with both roles runs a shard and a lane: tests/actors/multiprocess_test.cpp.)
+  auto cfg = stories_config();
+  actors::fault_rule crash;
+  crash.target = actors::actor_kind::decode_lane;
+  crash.after_tokens = 5;
+  crash.whole_node = true;
+  cfg.faults.rules.push_back(crash);
+  auto cluster = actors::make_embedded_cluster(cfg);
+  auto prompt = prompt_of(*cluster, "Once upon a time, there was a little dog");
+  auto expected = reference_tokens(prompt, 24);
+  collector col;
+  cluster->submit(make_request("node-crash", prompt, 24), col.callbacks());
+  auto out = col.wait();
+  INFO(out.result.error_message);
+  CHECK(out.result.error == actors::service_error::none);
+  CHECK(out.tokens == expected);
+  check_positions(out, int(prompt.size()));
+  CHECK(out.result.restarts == 1);
+  CHECK(cluster->faults().fired() == 1);
+  CHECK(settled_kv_blocks(*cluster) == 0);
+}
+
+TEST_CASE("crash_node kills a decode node's lane mid-generation, and the request ends with the "
+          "fault-free tokens") {
+  auto cfg = stories_config();
+  cfg.decode_step_delay_ms = 5; // room to crash mid-generation
+  auto cluster = actors::make_embedded_cluster(cfg);
+  int decode_node = -1;
+  for (int i = 0; i < 500 && decode_node < 0; ++i) { // the controller spawns the lane
+    for (const auto& n : cluster->actor_names())
+      if (n.rfind("decode/", 0) == 0) decode_node = std::stoi(n.substr(7));
+    if (decode_node < 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  REQUIRE(decode_node >= 0);
+  CHECK(cluster->crash_node(decode_node + 100).empty()); // no such node: nothing killed
+  auto prompt = prompt_of(*cluster, "Once upon a time, there was a little dog");
+  auto expected = reference_tokens(prompt, 30);
+  collector col;
+  auto cb = col.callbacks();
+  std::atomic<int> seen{0};
+  std::vector<std::string> killed;
+  std::mutex killed_mutex;
+  auto on_token = cb.on_token;
+  cb.on_token = [&](int position, int token) {
+    on_token(position, token);
+    if (++seen == 6) {
+      auto k = cluster->crash_node(decode_node);
+      std::lock_guard g{killed_mutex};
+      killed = k;
+    }
+  };
+  cluster->submit(make_request("crash-node", prompt, 30), std::move(cb));
+  auto out = col.wait();
+  INFO(out.result.error_message);
+  CHECK(out.result.error == actors::service_error::none);
+  CHECK(out.tokens == expected);
+  check_positions(out, int(prompt.size()));
+  {
+    std::lock_guard g{killed_mutex};
+    CHECK(killed == std::vector<std::string>{"decode/" + std::to_string(decode_node)});
+  }
+  CHECK(out.result.restarts >= 1);
   CHECK(settled_kv_blocks(*cluster) == 0);
 }
 

@@ -453,3 +453,41 @@ TEST_CASE("a decode node process that joins after one died takes its place and s
     CHECK(r.positions[i] == int(prompt.size() + i));
   d.shut_down();
 }
+
+TEST_CASE("crash-node on the controller's input kills the prefill shard and the decode lane of a "
+          "node process at once, and the request ends with the fault-free tokens") {
+  auto prompt = story_prompt();
+  const int max_tokens = 30;
+  auto expected = duet::test::reference_tokens(prompt, max_tokens);
+  // One node with both roles: its prefill shard sends KV to its own decode lane. Each decode
+  // step sleeps 20 ms, so the crash lands mid-generation.
+  deployment d{{"both"}, {"--slow-decode-ms", "20"}};
+  REQUIRE(d.node_roles.at(0) == "prefill+decode");
+  bool crashed = false;
+  auto r = run_request(
+      d, "r5", prompt, max_tokens,
+      [&](run_result&, int count) {
+        if (count == 4) d.controller->write_line("crash-node 0");
+      },
+      [&](run_result& res) {
+        if (res.events.back() == "event crashed node 0: decode/0,prefill/0/0") crashed = true;
+      });
+  INFO(r.done);
+  INFO("controller events: " << [&] {
+    std::string all;
+    for (const auto& e : r.events) all += e + "\n";
+    return all;
+  }());
+  CHECK(crashed);
+  CHECK(r.done.find(" error=") == r.done.size() - 7); // no error text
+  CHECK(r.done.find(" restarts=0 ") == std::string::npos);
+  CHECK(r.tokens == expected);
+  for (std::size_t i = 0; i < r.positions.size(); ++i)
+    CHECK(r.positions[i] == int(prompt.size() + i));
+  // Unknown targets are reported, not fatal.
+  d.controller->write_line("crash-node 7");
+  CHECK(d.wait_for_event("event crash-node 7: no live actor on that node"));
+  d.controller->write_line("kill decode/9");
+  CHECK(d.wait_for_event("event kill decode/9: no live actor of that name"));
+  d.shut_down();
+}

@@ -169,14 +169,28 @@ TEST_CASE("fault rules fire exactly as often as they say and chaos replays with 
   corrupt.what = fault_rule::action::corrupt_kv;
   corrupt.at_segment = 2;
   cfg.rules.push_back(corrupt);
+  fault_rule node_crash;
+  node_crash.target = actor_kind::decode_lane;
+  node_crash.node = 3;
+  node_crash.after_tokens = 10;
+  node_crash.whole_node = true;
+  cfg.rules.push_back(node_crash);
   fault_injector f{cfg};
   CHECK_FALSE(f.crash_prefill_at_chunk(0, 0));
-  CHECK(f.crash_prefill_at_chunk(0, 1));
+  auto shard = f.crash_prefill_at_chunk(0, 1);
+  CHECK(shard);
+  CHECK_FALSE(shard.whole_node);
   CHECK_FALSE(f.crash_prefill_at_chunk(0, 1));
+  CHECK_FALSE(f.crash_decode_after_tokens(3, 9));
+  CHECK_FALSE(f.crash_decode_after_tokens(2, 10)); // another node
+  auto lane = f.crash_decode_after_tokens(3, 10);
+  CHECK(lane);
+  CHECK(lane.whole_node);
+  CHECK_FALSE(f.crash_decode_after_tokens(3, 11)); // spent
   CHECK_FALSE(f.next_segment().corrupt);
   CHECK_FALSE(f.next_segment().corrupt);
   CHECK(f.next_segment().corrupt);
-  CHECK(f.fired() == 2);
+  CHECK(f.fired() == 3);
 
   fault_config chaos;
   chaos.seed = 7;
