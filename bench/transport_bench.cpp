@@ -1,7 +1,7 @@
 #include "bench/transport_bench.hpp"
+#include "messages/kv_segment.hpp"
 
 #include "messages/stream_frame.hpp"
-#include "transport/checksum.hpp"
 #include "transport/transport.hpp"
 
 #include <zmq.hpp>
@@ -149,11 +149,11 @@ transport_point bench_raw_zmq(const transport_bench_options& o, std::size_t byte
   tx.connect(rx.get(zmq::sockopt::last_endpoint));
   auto payload = transport::buffer::allocate(bytes);
   std::memset(payload.data(), 3, bytes);
-  const std::uint64_t checksum = transport::checksum_xxh3(payload.bytes());
+  const std::uint64_t checksum = messages::checksum_xxh3(payload.bytes());
   std::atomic<bool> corrupt{false};
   auto check = [&](const zmq::message_t& m) {
     if (hash &&
-        transport::checksum_xxh3({static_cast<const std::byte*>(m.data()), m.size()}) != checksum)
+        messages::checksum_xxh3({static_cast<const std::byte*>(m.data()), m.size()}) != checksum)
       corrupt = true;
   };
   auto send_one = [&] {

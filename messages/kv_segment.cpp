@@ -1,6 +1,10 @@
 #include "messages/kv_segment.hpp"
 
 #include <xxhash.h>
+#if defined(__x86_64__) || defined(__i386__)
+#define DUET_XXH3_DISPATCH 1
+#include <xxh_x86dispatch.h> // XXH3_64bits_dispatch (libxxhash >= 0.8 exports it)
+#endif
 
 #include <limits>
 
@@ -48,7 +52,15 @@ std::string kv_header_problem(const kv_segment_header& h) {
 }
 
 std::uint64_t checksum_xxh3(std::span<const std::byte> bytes) {
+  // Debian's libxxhash builds XXH3_64bits for the x86-64 baseline (SSE2); the dispatching entry
+  // picks AVX-512 / AVX2 at run time, with the same value. Measured on this 2-core EPYC VM
+  // (1 MiB segments cycling through a 16 MiB ring): 16 GB/s vs 45-52 GB/s. Verification was
+  // 83% of the zmq receiver thread's samples with the SSE2 build.
+#ifdef DUET_XXH3_DISPATCH
+  return XXH3_64bits_dispatch(bytes.data(), bytes.size());
+#else
   return XXH3_64bits(bytes.data(), bytes.size());
+#endif
 }
 
 } // namespace duet::messages

@@ -1,6 +1,5 @@
 #include "transport/arrival_checker.hpp"
-
-#include "transport/checksum.hpp"
+#include "messages/kv_segment.hpp"
 
 namespace duet::transport {
 
@@ -47,7 +46,7 @@ result<void> arrival_checker::check(std::uint64_t stream_id, const messages::kv_
     return reject(stats, errc::truncated,
                   describe(h) + ": " + std::to_string(payload.size()) +
                       " payload bytes arrived, header says " + std::to_string(h.payload_bytes));
-  if (checksum_xxh3(payload) != h.checksum_xxh3)
+  if (messages::checksum_xxh3(payload) != h.checksum_xxh3)
     return reject(stats, errc::corrupt,
                   describe(h) + ": xxh3 of the payload differs from the header's");
   if (order == errc::duplicate)

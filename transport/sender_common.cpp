@@ -1,6 +1,5 @@
 #include "transport/sender_common.hpp"
-
-#include "transport/checksum.hpp"
+#include "messages/kv_segment.hpp"
 
 namespace duet::transport {
 
@@ -18,7 +17,7 @@ result<void> prepare_segment(segment& seg, const options& opts, std::uint64_t wi
   if (auto why = messages::kv_header_problem(h); !why.empty())
     return fail(errc::malformed, "segment header: " + why);
   if (h.checksum_xxh3 == 0 || opts.always_checksum)
-    h.checksum_xxh3 = checksum_xxh3(seg.payload.bytes());
+    h.checksum_xxh3 = messages::checksum_xxh3(seg.payload.bytes());
   return {};
 }
 

@@ -9,7 +9,7 @@
 // The kernel copies (socket write, socket read) are the transport's.
 //
 // Measured (duet bench transport --backends fabric+shm zmq+tcp, loaded 2-core VM; before 3
-// runs, after 4, after = the transport's dispatching xxh3, transport/checksum.hpp): 1 MiB
+// runs, after 4, after = the dispatching xxh3, now messages::checksum_xxh3): 1 MiB
 // 2.3-2.7 -> 3.8-5.5 GB/s (raw ZeroMQ 6.7-7.9: 56-73%), 16 MiB 0.54-1.05 -> 0.83-1.30 GB/s
 // (raw 1.5-2.6). What is left at 16 MiB is libzmq's receive memory, not the envelope or the
 // credits: libzmq mallocs every large frame; a receiver that verifies a frame before dropping
