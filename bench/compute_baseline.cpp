@@ -106,28 +106,35 @@ float fma_loop_scalar() {
   return s;
 }
 
+/// Seconds of the fastest of `repeats` runs of `loop` on `threads` threads at once (one more run
+/// first, untimed: it wakes the cores up). Results are summed into a volatile sink so no loop
+/// is optimised away.
+template <class Loop>
+double best_seconds(int threads, int repeats, Loop loop) {
+  volatile double sink = 0;
+  double best = 1e30;
+  for (int r = 0; r < repeats + 1; ++r) {
+    std::vector<double> results(static_cast<std::size_t>(threads));
+    auto start = clock_type::now();
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t)
+      pool.emplace_back([&, t] { results[static_cast<std::size_t>(t)] = double(loop()); });
+    for (auto& th : pool) th.join();
+    double s = std::chrono::duration<double>(clock_type::now() - start).count();
+    if (r > 0) best = std::min(best, s);
+    for (double v : results) sink = sink + v;
+  }
+  return best;
+}
+
 } // namespace
 
 double measure_fma_gflops(int threads, int repeats) {
   threads = std::max(threads, 1);
   const bool simd = has_avx2_fma();
   const double flop_per_call = simd ? flop_per_call_avx2 : flop_per_call_scalar;
-  volatile float sink = 0;
-  double best = 1e30;
-  for (int r = 0; r < repeats + 1; ++r) {
-    std::vector<float> results(static_cast<std::size_t>(threads));
-    auto start = clock_type::now();
-    std::vector<std::thread> pool;
-    for (int t = 0; t < threads; ++t)
-      pool.emplace_back([&, t] {
-        results[static_cast<std::size_t>(t)] = simd ? fma_loop_avx2() : fma_loop_scalar();
-      });
-    for (auto& th : pool) th.join();
-    double s = std::chrono::duration<double>(clock_type::now() - start).count();
-    if (r > 0) best = std::min(best, s); // the first pass wakes the cores up
-    for (float v : results) sink = sink + v;
-  }
-  return flop_per_call * threads / best / 1e9;
+  const double seconds = best_seconds(threads, repeats, simd ? fma_loop_avx2 : fma_loop_scalar);
+  return flop_per_call * threads / seconds / 1e9;
 }
 
 double measure_int8_gops(int threads, int repeats) {
@@ -147,20 +154,7 @@ double measure_int8_gops(int threads, int repeats) {
   case engine::kernels::simd::scalar:
     return 0.0;
   }
-  volatile int sink = 0;
-  double best = 1e30;
-  for (int r = 0; r < repeats + 1; ++r) {
-    std::vector<int> results(static_cast<std::size_t>(threads));
-    auto start = clock_type::now();
-    std::vector<std::thread> pool;
-    for (int t = 0; t < threads; ++t)
-      pool.emplace_back([&, t] { results[static_cast<std::size_t>(t)] = loop(); });
-    for (auto& th : pool) th.join();
-    double s = std::chrono::duration<double>(clock_type::now() - start).count();
-    if (r > 0) best = std::min(best, s); // the first pass wakes the cores up
-    for (int v : results) sink = sink + v;
-  }
-  return 2.0 * int8_mac_per_call * threads / best / 1e9;
+  return 2.0 * int8_mac_per_call * threads / best_seconds(threads, repeats, loop) / 1e9;
 #else
   (void)threads;
   (void)repeats;
