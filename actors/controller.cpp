@@ -262,10 +262,10 @@ caf::result<std::int32_t> rejoin(controller_actor* self, node_hello& hello) {
       id = n.node_id;
   }
   if (id < 0) {
-    auto why = fmt::format("no dead node with profile {} and roles {} to replace (membership is "
-                           "fixed at start; dead nodes: {})",
-                           hello.profile, roles_of(hello.prefill, hello.decode),
-                           dead.empty() ? "none" : dead);
+    auto why = fmt::format(
+        "no dead node with profile {} and roles {} to replace (the cluster size is "
+        "fixed at start; dead nodes: {})",
+        hello.profile, roles_of(hello.prefill, hello.decode), dead.empty() ? "none" : dead);
     emit(self, fmt::format("join refused pid {}: {}", hello.pid, why));
     return make_error(fabric_errc::overloaded, "controller: " + why);
   }
