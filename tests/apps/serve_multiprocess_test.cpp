@@ -220,8 +220,10 @@ TEST_CASE("duet serve --nodes-listen serves a prefill node and a decode node pro
   const double kv_bytes = 2.0 * cfg.n_layers * double(prompt_tokens.size()) * 2 *
                           (cfg.dim / cfg.n_heads * cfg.n_kv_heads) * 4;
   const auto deadline = clock_type::now() + step_timeout;
+  // Each node reports with its own heartbeat: wait (bounded) until both have.
   while (clock_type::now() < deadline &&
-         m.value("duet_kv_bytes_transferred_total").value_or(0) < kv_bytes) {
+         (m.value("duet_kv_bytes_transferred_total").value_or(0) < kv_bytes ||
+          m.value("duet_kv_blocks_used").value_or(-1) != 0)) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
     m = duet::test::parse_prometheus_text(duet::test::http_get(port, "/metrics").body);
   }
