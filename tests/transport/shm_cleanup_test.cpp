@@ -1,0 +1,56 @@
+// Stale libfabric shm regions (left by SIGKILLed processes) are removed; live ones are not.
+#include "transport/shm_cleanup.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <sys/wait.h>
+#include <unistd.h>
+
+namespace fs = std::filesystem;
+
+TEST_CASE("stale shm regions of dead pids and of this pid are removed, live and foreign ones "
+          "kept") {
+  const fs::path dir = fs::temp_directory_path() / ("duet-shm-test-" + std::to_string(getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  // A pid that ran and is gone: a child that exited and was reaped.
+  pid_t dead = fork();
+  REQUIRE(dead >= 0);
+  if (dead == 0) _exit(0);
+  REQUIRE(waitpid(dead, nullptr, 0) == dead);
+  // A pid that runs: a child that waits until we are done.
+  int hold[2];
+  REQUIRE(pipe(hold) == 0);
+  pid_t alive = fork();
+  REQUIRE(alive >= 0);
+  if (alive == 0) {
+    close(hold[1]);
+    char c;
+    (void)!read(hold[0], &c, 1);
+    _exit(0);
+  }
+  close(hold[0]);
+  auto touch = [&](const std::string& name) { std::ofstream{dir / name} << "x"; };
+  const std::string dead_region = std::to_string(dead) + ":0:0";
+  const std::string own_region = std::to_string(getpid()) + ":3:0";
+  const std::string live_region = std::to_string(alive) + ":1:0";
+  for (const auto& n : {dead_region, own_region, live_region, std::string("1:0:0"),
+                        std::string("12:x:0"), std::string("sem.other"), std::string("77:0")})
+    touch(n);
+  INFO("dead pid " << dead << ", live pid " << alive);
+  CHECK(duet::transport::remove_stale_shm_regions(dir.string()) == 2);
+  CHECK_FALSE(fs::exists(dir / dead_region));
+  CHECK_FALSE(fs::exists(dir / own_region));
+  CHECK(fs::exists(dir / live_region));
+  CHECK(fs::exists(dir / "1:0:0")); // init runs
+  CHECK(fs::exists(dir / "12:x:0"));
+  CHECK(fs::exists(dir / "sem.other"));
+  CHECK(fs::exists(dir / "77:0"));
+  close(hold[1]);
+  waitpid(alive, nullptr, 0);
+  fs::remove_all(dir);
+  CHECK(duet::transport::remove_stale_shm_regions((dir / "missing").string()) == 0);
+}
