@@ -11,6 +11,8 @@
 #include <mutex>
 #include <numeric>
 #include <stdexcept>
+#include <tuple>
+#include <utility>
 
 namespace duet::bench {
 
@@ -104,31 +106,48 @@ private:
   double done_ = 0;
 };
 
-fabric_mode_result run_mode(actors::cluster& c, const std::vector<int>& prompt,
-                            const fabric_bench_options& o, actors::placement_mode mode,
-                            progress_counter& progress) {
-  fabric_mode_result r;
-  r.mode = mode == actors::placement_mode::integrated ? "integrated" : "disaggregated";
-  std::vector<double> ttft, tpot;
-  // One warm-up request (first-touch of the KV pools and transport buffers).
-  progress.step(r.mode);
-  run_one(c, r.mode + "-warmup", prompt, o.max_tokens, mode);
+/// Both modes on one cluster, one request of each in turn (which goes first alternates), so
+/// drift of the machine (frequency, other load) falls on both alike instead of on whichever
+/// mode ran second. Every request of either mode runs alone.
+std::pair<fabric_mode_result, fabric_mode_result> run_modes(actors::cluster& c,
+                                                            const std::vector<int>& prompt,
+                                                            const fabric_bench_options& o,
+                                                            progress_counter& progress) {
+  using actors::placement_mode;
+  fabric_mode_result integrated, disaggregated;
+  integrated.mode = "integrated";
+  disaggregated.mode = "disaggregated";
+  std::vector<double> ttft[2], tpot[2];
+  // One warm-up request each (first-touch of the KV pools and transport buffers).
+  for (auto* r : {&integrated, &disaggregated}) {
+    progress.step(r->mode);
+    run_one(c, r->mode + "-warmup", prompt, o.max_tokens,
+            r == &integrated ? placement_mode::integrated : placement_mode::disaggregated);
+  }
   auto before = c.stats();
   for (int i = 0; i < o.requests; ++i) {
-    progress.step(r.mode);
-    auto t = run_one(c, fmt::format("{}-{}", r.mode, i), prompt, o.max_tokens, mode);
-    ttft.push_back(ms_since(t.submitted, t.token_times.front()));
-    for (std::size_t k = 1; k < t.token_times.size(); ++k)
-      tpot.push_back(ms_since(t.token_times[k - 1], t.token_times[k]));
+    for (int k = 0; k < 2; ++k) {
+      const int m = (i + k) % 2; // 0: integrated, 1: disaggregated
+      auto& r = m == 0 ? integrated : disaggregated;
+      progress.step(r.mode);
+      auto t = run_one(c, fmt::format("{}-{}", r.mode, i), prompt, o.max_tokens,
+                       m == 0 ? placement_mode::integrated : placement_mode::disaggregated);
+      ttft[m].push_back(ms_since(t.submitted, t.token_times.front()));
+      for (std::size_t j = 1; j < t.token_times.size(); ++j)
+        tpot[m].push_back(ms_since(t.token_times[j - 1], t.token_times[j]));
+    }
   }
-  auto after = c.stats();
+  auto after = c.stats(); // only the disaggregated requests moved KV
   double n = std::max(1, o.requests);
-  r.ttft = summarize(ttft);
-  r.tpot = summarize(tpot);
-  r.kv_bytes_per_request = double(after.kv_bytes_sent - before.kv_bytes_sent) / n;
-  r.kv_segments_per_request = double(after.kv_segments_sent - before.kv_segments_sent) / n;
-  r.kv_send_ms_per_request = (after.kv_send_seconds - before.kv_send_seconds) * 1e3 / n;
-  return r;
+  integrated.ttft = summarize(ttft[0]);
+  integrated.tpot = summarize(tpot[0]);
+  disaggregated.ttft = summarize(ttft[1]);
+  disaggregated.tpot = summarize(tpot[1]);
+  disaggregated.kv_bytes_per_request = double(after.kv_bytes_sent - before.kv_bytes_sent) / n;
+  disaggregated.kv_segments_per_request =
+      double(after.kv_segments_sent - before.kv_segments_sent) / n;
+  disaggregated.kv_send_ms_per_request = (after.kv_send_seconds - before.kv_send_seconds) * 1e3 / n;
+  return {integrated, disaggregated};
 }
 
 } // namespace
@@ -156,9 +175,7 @@ fabric_bench_result run_fabric_bench(const fabric_bench_options& o) {
     auto prompt = make_prompt(cluster->tokenizer(), o.prompt_tokens);
     result.model = cluster->model_name();
     result.prompt_tokens = int(prompt.size());
-    result.integrated = run_mode(*cluster, prompt, o, actors::placement_mode::integrated, progress);
-    result.disaggregated =
-        run_mode(*cluster, prompt, o, actors::placement_mode::disaggregated, progress);
+    std::tie(result.integrated, result.disaggregated) = run_modes(*cluster, prompt, o, progress);
     auto& d = result.disaggregated;
     if (d.kv_send_ms_per_request > 0)
       result.transport_gbps = d.kv_bytes_per_request / (d.kv_send_ms_per_request * 1e6);
