@@ -126,13 +126,12 @@ void publish_node_kv(fabric_context& ctx, int node) {
 }
 
 void kv_send_log::enable() {
-  std::lock_guard guard{mutex_};
-  enabled_ = true;
+  enabled_.store(true);
 }
 
 void kv_send_log::record(double seconds, std::uint64_t bytes) {
+  if (!enabled_.load(std::memory_order_relaxed)) return;
   std::lock_guard guard{mutex_};
-  if (!enabled_) return;
   if (pending_.seconds.size() < max_listed) {
     pending_.seconds.push_back(seconds);
     pending_.bytes.push_back(bytes);

@@ -109,8 +109,8 @@ public:
   drained drain();
 
 private:
+  std::atomic<bool> enabled_{false}; ///< read without the lock: record() is per KV segment
   std::mutex mutex_;
-  bool enabled_ = false;
   drained pending_;
 };
 

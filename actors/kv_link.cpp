@@ -46,7 +46,8 @@ caf::error kv_sender_set::send(const prefill_route& route, transport::segment se
                                   "segments, {} bytes)",
                                   route.kv_address.empty() ? "(actor)" : route.kv_address,
                                   send_timeout.count(), queue_.size(), queued_bytes_));
-  queue_.push_back({route, std::move(seg)});
+  queue_.push_back({{route.request, route.epoch, route.request_actor, route.lane, route.kv_address},
+                    std::move(seg)});
   queued_bytes_ += bytes;
   lock.unlock();
   changed_.notify_all();
@@ -64,13 +65,13 @@ void kv_sender_set::run() {
     queue_.pop_front();
     const auto bytes = item.seg.payload.size();
     lock.unlock();
-    const std::pair<std::uint64_t, std::uint32_t> key{item.route.request, item.route.epoch};
+    const std::pair<std::uint64_t, std::uint32_t> key{item.to.request, item.to.epoch};
     if (!(any_failed && key == failed)) {
-      if (auto err = send_now(item.route, std::move(item.seg))) {
+      if (auto err = send_now(item.to, std::move(item.seg))) {
         failed = key;
         any_failed = true;
-        caf::anon_send(item.route.request_actor,
-                       work_failed{item.route.request, item.route.epoch, std::move(err)});
+        caf::anon_send(item.to.request_actor,
+                       work_failed{item.to.request, item.to.epoch, std::move(err)});
       }
     }
     lock.lock();
@@ -83,7 +84,7 @@ void kv_sender_set::run() {
   senders_.clear(); // closed on this thread, before the shard's context goes
 }
 
-caf::error kv_sender_set::send_now(const prefill_route& route, transport::segment seg) {
+caf::error kv_sender_set::send_now(const destination& route, transport::segment seg) {
   auto verdict = ctx_->faults.next_segment();
   if (verdict.delay_ms > 0)
     std::this_thread::sleep_for(std::chrono::milliseconds(verdict.delay_ms));

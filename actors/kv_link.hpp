@@ -54,14 +54,23 @@ public:
   caf::error send(const prefill_route& route, transport::segment seg);
 
 private:
+  /// What the worker needs of a segment's route (not the whole route: its pipeline and
+  /// sampling would be copied for every segment).
+  struct destination {
+    std::uint64_t request = 0;
+    std::uint32_t epoch = 0;
+    caf::actor request_actor; ///< told when the send fails
+    caf::actor lane;          ///< transport "actor": the segment goes to it as a CAF message
+    std::string kv_address;   ///< else the lane's transport address
+  };
   struct queued {
-    prefill_route route;
+    destination to;
     transport::segment seg;
   };
 
   void run();
   /// Sends one segment now (fault verdict, connect on first use, transport send).
-  caf::error send_now(const prefill_route& route, transport::segment seg);
+  caf::error send_now(const destination& to, transport::segment seg);
 
   std::shared_ptr<fabric_context> ctx_;
   std::map<std::string, std::unique_ptr<transport::sender>> senders_; ///< worker thread only

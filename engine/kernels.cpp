@@ -331,11 +331,6 @@ DUET_AVX2 void quantize_activations_avx2(const float* x, std::int64_t x_stride, 
 #define DUET_Q8_UNSIGNED_X 0
 #define DUET_Q8_TILE_ROWS 2
 #include "engine/kernels_q8_0.ipp"
-#undef DUET_Q8_NS
-#undef DUET_Q8_TARGET
-#undef DUET_Q8_DPBUSD
-#undef DUET_Q8_UNSIGNED_X
-#undef DUET_Q8_TILE_ROWS
 
 #define DUET_Q8_NS q8_avx_vnni
 #define DUET_Q8_TARGET __attribute__((target("avx2,fma,f16c,avxvnni")))
@@ -343,11 +338,6 @@ DUET_AVX2 void quantize_activations_avx2(const float* x, std::int64_t x_stride, 
 #define DUET_Q8_UNSIGNED_X 1
 #define DUET_Q8_TILE_ROWS 2
 #include "engine/kernels_q8_0.ipp"
-#undef DUET_Q8_NS
-#undef DUET_Q8_TARGET
-#undef DUET_Q8_DPBUSD
-#undef DUET_Q8_UNSIGNED_X
-#undef DUET_Q8_TILE_ROWS
 
 #define DUET_Q8_NS q8_avx512_vnni
 #define DUET_Q8_TARGET __attribute__((target("avx2,fma,f16c,avx512vnni,avx512vl")))
@@ -355,11 +345,6 @@ DUET_AVX2 void quantize_activations_avx2(const float* x, std::int64_t x_stride, 
 #define DUET_Q8_UNSIGNED_X 1
 #define DUET_Q8_TILE_ROWS 4
 #include "engine/kernels_q8_0.ipp"
-#undef DUET_Q8_NS
-#undef DUET_Q8_TARGET
-#undef DUET_Q8_DPBUSD
-#undef DUET_Q8_UNSIGNED_X
-#undef DUET_Q8_TILE_ROWS
 
 /// Single-token f16: R rows with two accumulators each (latency of the FMA chain hidden).
 template <int R>

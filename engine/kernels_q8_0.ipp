@@ -1,5 +1,6 @@
 // The q8_0 matmul kernels, written once and compiled once per instruction set by
-// engine/kernels.cpp, which includes this file several times with these macros defined:
+// engine/kernels.cpp, which includes this file several times with these macros defined (the
+// file undefines them at its end, ready for the next instantiation):
 //   DUET_Q8_NS         the namespace of this instantiation (avx2, avx_vnni, avx512_vnni)
 //   DUET_Q8_TARGET     the function attribute naming its instruction set
 //   DUET_Q8_DPBUSD     (acc, u, s): acc + per int32 lane the sum of 4 products u8 x s8
@@ -150,3 +151,9 @@ DUET_Q8_TARGET void matmul_q8_0(const tensor_view& w, const float* x, std::int64
 }
 
 } // namespace DUET_Q8_NS
+
+#undef DUET_Q8_NS
+#undef DUET_Q8_TARGET
+#undef DUET_Q8_DPBUSD
+#undef DUET_Q8_UNSIGNED_X
+#undef DUET_Q8_TILE_ROWS

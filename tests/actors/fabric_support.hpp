@@ -124,6 +124,16 @@ inline void check_positions(const outcome& o, int prompt_len) {
   CHECK_FALSE(o.token_after_done);
 }
 
+/// A request that survived faults: no error, exactly the fault-free tokens, positions
+/// contiguous after the prompt, done once.
+inline void check_fault_free(const outcome& o, const std::vector<int>& prompt,
+                             const std::vector<int>& expected) {
+  INFO(o.result.error_message);
+  CHECK(o.result.error == actors::service_error::none);
+  CHECK(o.tokens == expected);
+  check_positions(o, int(prompt.size()));
+}
+
 /// Waits (sleeping) until the cluster's KV blocks are all back, up to a bound.
 inline std::size_t settled_kv_blocks(actors::cluster& c) {
   for (int i = 0; i < 200 && c.kv_blocks_in_use() != 0; ++i)

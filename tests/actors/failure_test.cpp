@@ -35,10 +35,7 @@ TEST_CASE("a decode lane killed mid-generation is restarted and the request ends
   collector col;
   cluster->submit(make_request("lane-crash", prompt, 40), col.callbacks());
   auto out = col.wait();
-  INFO(out.result.error_message);
-  CHECK(out.result.error == actors::service_error::none);
-  CHECK(out.tokens == expected);
-  check_positions(out, int(prompt.size()));
+  check_fault_free(out, prompt, expected);
   CHECK(out.result.restarts == 1);
   CHECK(cluster->stats().actor_restarts == 1);
   CHECK(cluster->faults().fired() == 1);
@@ -62,10 +59,7 @@ TEST_CASE("a prefill shard killed mid-prefill is restarted, its chunks re-run, a
   collector col;
   cluster->submit(make_request("shard-crash", prompt, 24), col.callbacks());
   auto out = col.wait();
-  INFO(out.result.error_message);
-  CHECK(out.result.error == actors::service_error::none);
-  CHECK(out.tokens == expected);
-  check_positions(out, int(prompt.size()));
+  check_fault_free(out, prompt, expected);
   CHECK(out.result.restarts == 1);
   CHECK(cluster->faults().fired() == 1);
   CHECK(settled_kv_blocks(*cluster) == 0);
@@ -87,10 +81,7 @@ TEST_CASE("a whole-node crash rule on a decode lane crashes its node, and the re
   collector col;
   cluster->submit(make_request("node-crash", prompt, 24), col.callbacks());
   auto out = col.wait();
-  INFO(out.result.error_message);
-  CHECK(out.result.error == actors::service_error::none);
-  CHECK(out.tokens == expected);
-  check_positions(out, int(prompt.size()));
+  check_fault_free(out, prompt, expected);
   CHECK(out.result.restarts == 1);
   CHECK(cluster->faults().fired() == 1);
   CHECK(settled_kv_blocks(*cluster) == 0);
@@ -127,10 +118,7 @@ TEST_CASE("crash_node kills a decode node's lane mid-generation, and the request
   };
   cluster->submit(make_request("crash-node", prompt, 30), std::move(cb));
   auto out = col.wait();
-  INFO(out.result.error_message);
-  CHECK(out.result.error == actors::service_error::none);
-  CHECK(out.tokens == expected);
-  check_positions(out, int(prompt.size()));
+  check_fault_free(out, prompt, expected);
   {
     std::lock_guard g{killed_mutex};
     CHECK(killed == std::vector<std::string>{"decode/" + std::to_string(decode_node)});
@@ -158,10 +146,7 @@ TEST_CASE("a corrupted and a dropped KV segment are caught and the prefill re-ru
   collector col;
   cluster->submit(make_request("kv-faults", prompt, 16), col.callbacks());
   auto out = col.wait();
-  INFO(out.result.error_message);
-  CHECK(out.result.error == actors::service_error::none);
-  CHECK(out.tokens == expected);
-  check_positions(out, int(prompt.size()));
+  check_fault_free(out, prompt, expected);
   CHECK(cluster->faults().fired() == 2);
   CHECK(cluster->stats().kv_segments_rejected >= 1);
   CHECK(cluster->stats().request_retries == 2);

@@ -116,6 +116,13 @@ std::vector<std::string> words(const std::string& line) {
   return out;
 }
 
+/// The lines, one per line (for failure messages).
+std::string joined(const std::vector<std::string>& lines) {
+  std::string all;
+  for (const auto& l : lines) all += l + "\n";
+  return all;
+}
+
 std::string duet_binary() {
   return DUET_BINARY_DIR "/duet";
 }
@@ -239,6 +246,17 @@ struct run_result {
   std::vector<std::string> events;
 };
 
+/// A request that survived its faults: no error text, exactly the fault-free tokens, positions
+/// contiguous after the prompt.
+void check_fault_free(const run_result& r, const std::vector<int>& prompt,
+                      const std::vector<int>& expected) {
+  INFO(r.done);
+  CHECK(r.done.find(" error=") == r.done.size() - 7); // no error text
+  CHECK(r.tokens == expected);
+  for (std::size_t i = 0; i < r.positions.size(); ++i)
+    CHECK(r.positions[i] == int(prompt.size() + i));
+}
+
 /// Submits one request and reads until its done line. `on_token(count)` may act mid-stream,
 /// `on_event(result)` after each controller event line (the latest is result.events.back()).
 template <class OnToken, class OnEvent>
@@ -251,11 +269,7 @@ run_result run_request(deployment& d, const std::string& id, const std::vector<i
   run_result r;
   while (true) {
     auto got = d.controller->read_line();
-    INFO("controller so far: " << [&] {
-      std::string all;
-      for (const auto& e : r.events) all += e + "\n";
-      return all;
-    }());
+    INFO("controller so far: " << joined(r.events));
     REQUIRE(got);
     auto w = words(*got);
     if (w.empty()) continue;
@@ -304,10 +318,7 @@ TEST_CASE("a request disaggregated across controller and node processes gives th
   auto r = run_request(d, "r1", prompt, 24, [](run_result&, int) {});
   INFO(r.done);
   CHECK(r.done.rfind("done r1 ", 0) == 0);
-  CHECK(r.done.find(" error=") == r.done.size() - 7); // no error text
-  CHECK(r.tokens == expected);
-  for (std::size_t i = 0; i < r.positions.size(); ++i)
-    CHECK(r.positions[i] == int(prompt.size() + i));
+  check_fault_free(r, prompt, expected);
   CHECK(d.node_roles[r.decode_node] == "decode"); // placed on a decode node process
   d.shut_down();
 }
@@ -330,9 +341,7 @@ TEST_CASE("a decode node process SIGKILLed mid-generation is detected and the re
   INFO(r.done);
   REQUIRE(killed > 0);
   CHECK(r.done.rfind("done r2 ", 0) == 0);
-  CHECK(r.tokens == expected);
-  for (std::size_t i = 0; i < r.positions.size(); ++i)
-    CHECK(r.positions[i] == int(prompt.size() + i));
+  check_fault_free(r, prompt, expected);
   // The request moved to the other decode node.
   int placements = 0;
   for (const auto& e : r.events)
@@ -370,19 +379,12 @@ TEST_CASE("a prefill node process SIGKILLed mid-prefill is detected, its shard r
         d.node_with_pid(killed).kill(SIGKILL);
       });
   INFO(r.done);
-  INFO("controller events: " << [&] {
-    std::string all;
-    for (const auto& e : r.events) all += e + "\n";
-    return all;
-  }());
+  INFO("controller events: " << joined(r.events));
   REQUIRE(killed > 0);
   CHECK(r.done.rfind("done r3 ", 0) == 0);
-  CHECK(r.done.find(" error=") == r.done.size() - 7); // no error text
+  check_fault_free(r, prompt, expected);
   // The kill hit this request before its first token: it was re-run (restarts >= 1).
   CHECK(r.done.find(" restarts=0 ") == std::string::npos);
-  CHECK(r.tokens == expected);
-  for (std::size_t i = 0; i < r.positions.size(); ++i)
-    CHECK(r.positions[i] == int(prompt.size() + i));
   CHECK(d.node_with_pid(killed).wait_exit() == 128 + SIGKILL);
   // The controller declared the node dead and re-placed its shard on the live prefill node.
   bool node_down = false, re_placed = false;
@@ -411,11 +413,7 @@ TEST_CASE("a decode node process that joins after one died takes its place and s
   for (const auto& [id, role] : d.node_roles)
     if (role == "decode") decode_id = id;
   REQUIRE(decode_id >= 0);
-  auto log = [&] {
-    std::string all;
-    for (const auto& e : d.log) all += e + "\n";
-    return all;
-  };
+  auto log = [&] { return joined(d.log); };
 
   // Every node alive: a further node has no place to take. The controller says why (and the
   // node, on stderr, before it exits 1).
@@ -446,11 +444,8 @@ TEST_CASE("a decode node process that joins after one died takes its place and s
   // The next request decodes on the new process with the single-engine tokens.
   auto r = run_request(d, "r4", prompt, max_tokens, [](run_result&, int) {});
   INFO(r.done);
-  CHECK(r.done.find(" error=") == r.done.size() - 7); // no error text
+  check_fault_free(r, prompt, expected);
   CHECK(r.decode_node == decode_id);
-  CHECK(r.tokens == expected);
-  for (std::size_t i = 0; i < r.positions.size(); ++i)
-    CHECK(r.positions[i] == int(prompt.size() + i));
   d.shut_down();
 }
 
@@ -473,17 +468,10 @@ TEST_CASE("crash-node on the controller's input kills the prefill shard and the 
         if (res.events.back() == "event crashed node 0: decode/0,prefill/0/0") crashed = true;
       });
   INFO(r.done);
-  INFO("controller events: " << [&] {
-    std::string all;
-    for (const auto& e : r.events) all += e + "\n";
-    return all;
-  }());
+  INFO("controller events: " << joined(r.events));
   CHECK(crashed);
-  CHECK(r.done.find(" error=") == r.done.size() - 7); // no error text
+  check_fault_free(r, prompt, expected);
   CHECK(r.done.find(" restarts=0 ") == std::string::npos);
-  CHECK(r.tokens == expected);
-  for (std::size_t i = 0; i < r.positions.size(); ++i)
-    CHECK(r.positions[i] == int(prompt.size() + i));
   // Unknown targets are reported, not fatal.
   d.controller->write_line("crash-node 7");
   CHECK(d.wait_for_event("event crash-node 7: no live actor on that node"));
