@@ -33,8 +33,11 @@ bool is_byte_piece(const std::string& p) {
 }
 
 std::string shape_of(const tensor_plan& p) {
-  return p.vector ? "[" + std::to_string(p.cols) + "]"
-                  : "[" + std::to_string(p.rows) + "][" + std::to_string(p.cols) + "]";
+  // Appends, not "[" + std::to_string(...): g++ 12 at -O3 reports a false -Wrestrict on
+  // operator+(const char*, std::string&&) (GCC bug 105329).
+  std::string s;
+  if (!p.vector) s.append("[").append(std::to_string(p.rows)).append("]");
+  return s.append("[").append(std::to_string(p.cols)).append("]");
 }
 
 } // namespace

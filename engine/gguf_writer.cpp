@@ -17,8 +17,11 @@ namespace {
 
 template <class T>
 void put(std::vector<std::uint8_t>& out, T v) {
-  const auto* p = reinterpret_cast<const std::uint8_t*>(&v);
-  out.insert(out.end(), p, p + sizeof(T));
+  // resize + memcpy rather than insert(end, p, p + n): g++ 12 at -O3 reports a false
+  // -Wstringop-overflow on the first insert into an empty vector.
+  const std::size_t at = out.size();
+  out.resize(at + sizeof(T));
+  std::memcpy(out.data() + at, &v, sizeof(T));
 }
 
 std::uint64_t pad_to(std::uint64_t x, std::uint64_t a) {
