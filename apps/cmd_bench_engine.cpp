@@ -34,6 +34,11 @@ void setup_bench_engine(CLI::App& app) {
   cmd->add_option("--steps", o->bench.decode_steps, "Timed decode steps per batch size")
       ->capture_default_str()
       ->check(CLI::Range(1, 100000));
+  cmd->add_option("--rounds", o->bench.rounds,
+                  "Timings per prefill and decode figure; the best is reported with the mean "
+                  "beside it (the bandwidth and peak baselines are best-of passes too)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100));
   cmd->add_option("--kv-dtype", o->kv, "KV cache type")
       ->capture_default_str()
       ->check(CLI::IsMember({"f32", "f16"}));

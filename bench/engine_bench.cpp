@@ -79,6 +79,7 @@ engine_bench_result run_engine_bench(const engine_bench_options& o) {
   res.weight_types = weight_types(w);
   res.simd = std::string(engine::kernels::simd_level());
   res.threads = o.threads;
+  res.rounds = std::max(1, o.rounds);
   res.weight_bytes_per_token = w.decode_bytes_per_token();
   report("measuring read bandwidth");
   res.read_gbps = measure_read_gbps(o.bandwidth_bytes, o.threads);
@@ -115,46 +116,63 @@ engine_bench_result run_engine_bench(const engine_bench_options& o) {
     run.prefill(kv, id, 0, random_tokens(8), logits);
     kv.seq_free(id);
   }
+  const int rounds = std::max(1, o.rounds);
+  // Best and mean of `rounds` timings of `tokens` tokens each.
+  auto figure = [](int n, double tokens, const std::vector<double>& secs) {
+    double best = secs.front(), total = 0;
+    for (double x : secs) {
+      best = std::min(best, x);
+      total += x;
+    }
+    return engine_bench_figure{n, tokens / best, tokens * static_cast<double>(secs.size()) / total};
+  };
   for (int n : o.prefill_tokens) {
     n = std::min(n, c.seq_len);
     report(fmt::format("prefill {} tokens", n));
     auto prompt = random_tokens(n);
-    auto id = next_id++;
-    kv.seq_add(id);
-    kv.seq_reserve(id, n);
-    auto t0 = clock_type::now();
-    run.prefill(kv, id, 0, prompt, logits);
-    res.prefill.push_back({n, n / seconds_since(t0)});
-    kv.seq_free(id);
+    std::vector<double> secs;
+    for (int round = 0; round < rounds; ++round) {
+      auto id = next_id++;
+      kv.seq_add(id);
+      kv.seq_reserve(id, n);
+      auto t0 = clock_type::now();
+      run.prefill(kv, id, 0, prompt, logits);
+      secs.push_back(seconds_since(t0));
+      kv.seq_free(id);
+    }
+    res.prefill.push_back(figure(n, n, secs));
   }
 
   // -- decode ------------------------------------------------------------------------------
   const int ctx = std::min(o.context_tokens, c.seq_len - o.decode_steps - 1);
   for (int b : o.decode_batches) {
     report(fmt::format("decode {} sequences", b));
-    std::vector<engine::decode_item> items;
-    for (int i = 0; i < b; ++i) {
-      auto id = next_id++;
-      kv.seq_add(id);
-      kv.seq_reserve(id, ctx + o.decode_steps);
-      run.prefill(kv, id, 0, random_tokens(ctx), logits);
-      items.push_back({id, any_token(rng), ctx});
-    }
-    auto t0 = clock_type::now();
-    for (int s = 0; s < o.decode_steps; ++s) {
-      run.decode_batch(kv, items, logits);
-      for (std::size_t i = 0; i < items.size(); ++i) {
-        // greedy next token keeps the work realistic; positions advance together
-        items[i].token = static_cast<int>(
-            std::max_element(logits.begin() + static_cast<std::ptrdiff_t>(i) * c.vocab_size,
-                             logits.begin() + static_cast<std::ptrdiff_t>(i + 1) * c.vocab_size) -
-            (logits.begin() + static_cast<std::ptrdiff_t>(i) * c.vocab_size));
-        ++items[i].pos;
+    std::vector<double> secs;
+    for (int round = 0; round < rounds; ++round) {
+      std::vector<engine::decode_item> items;
+      for (int i = 0; i < b; ++i) {
+        auto id = next_id++;
+        kv.seq_add(id);
+        kv.seq_reserve(id, ctx + o.decode_steps);
+        run.prefill(kv, id, 0, random_tokens(ctx), logits);
+        items.push_back({id, any_token(rng), ctx});
       }
+      auto t0 = clock_type::now();
+      for (int s = 0; s < o.decode_steps; ++s) {
+        run.decode_batch(kv, items, logits);
+        for (std::size_t i = 0; i < items.size(); ++i) {
+          // greedy next token keeps the work realistic; positions advance together
+          items[i].token = static_cast<int>(
+              std::max_element(logits.begin() + static_cast<std::ptrdiff_t>(i) * c.vocab_size,
+                               logits.begin() + static_cast<std::ptrdiff_t>(i + 1) * c.vocab_size) -
+              (logits.begin() + static_cast<std::ptrdiff_t>(i) * c.vocab_size));
+          ++items[i].pos;
+        }
+      }
+      secs.push_back(seconds_since(t0));
+      for (const auto& it : items) kv.seq_free(it.seq);
     }
-    double secs = seconds_since(t0);
-    res.decode.push_back({b, static_cast<double>(b) * o.decode_steps / secs});
-    for (const auto& it : items) kv.seq_free(it.seq);
+    res.decode.push_back(figure(b, static_cast<double>(b) * o.decode_steps, secs));
   }
   if (o.on_progress) o.on_progress(1.0, "done");
   return res;
@@ -186,9 +204,13 @@ std::string format_engine_bench(const engine_bench_result& r) {
   double single = 0;
   for (const auto& d : r.decode)
     if (d.n == 1) single = d.tokens_per_s;
+  line(fmt::format("rounds           {} per figure: the best is shown, (mean ...) over all of "
+                   "them",
+                   r.rounds));
   for (const auto& p : r.prefill)
     line(fmt::format(
-        "prefill {:>4} tok {:>10.1f} tok/s{}{}", p.n, p.tokens_per_s,
+        "prefill {:>4} tok {:>10.1f} tok/s (mean {:.1f}){}{}", p.n, p.tokens_per_s,
+        p.mean_tokens_per_s,
         single > 0
             ? fmt::format("   {:.1f}x single-seq decode (target >= 10x)", p.tokens_per_s / single)
             : "",
@@ -208,7 +230,8 @@ std::string format_engine_bench(const engine_bench_result& r) {
                                             100.0 * d.tokens_per_s / std::min(d.n * roof, ceiling),
                                             std::min(d.n * roof, ceiling))
                               : "");
-    line(fmt::format("decode {:>3} seq  {:>10.1f} tok/s{}", d.n, d.tokens_per_s, extra));
+    line(fmt::format("decode {:>3} seq  {:>10.1f} tok/s (mean {:.1f}){}", d.n, d.tokens_per_s,
+                     d.mean_tokens_per_s, extra));
   }
   return out;
 }

@@ -25,7 +25,11 @@ struct engine_bench_options {
   std::vector<int> prefill_tokens = {128, 512}; ///< prompt lengths (clamped to the context)
   std::vector<int> decode_batches = {1, 8, 32}; ///< concurrent sequences
   int decode_steps = 16;                        ///< timed decode steps per batch size
-  int context_tokens = 64;                      ///< prompt each decoding sequence starts from
+  /// Each prefill and decode figure is measured this many times; the best round is reported
+  /// (the mean next to it), as the bandwidth and arithmetic baselines report their best pass:
+  /// on a shared VM one round can lose half its speed to a neighbour.
+  int rounds = 3;
+  int context_tokens = 64; ///< prompt each decoding sequence starts from
   engine::dtype kv_type = engine::dtype::f32;
   std::size_t bandwidth_bytes = std::size_t{256} << 20; ///< working set of the read baseline
   /// Told (fraction done 0..1, step name) between stages; may be empty. The command line shows
@@ -34,8 +38,10 @@ struct engine_bench_options {
 };
 
 struct engine_bench_figure {
-  int n = 0;                 ///< prompt tokens (prefill) or sequences (decode)
-  double tokens_per_s = 0.0; ///< tokens processed (prefill) or generated (decode) per second
+  int n = 0;                      ///< prompt tokens (prefill) or sequences (decode)
+  double tokens_per_s = 0.0;      ///< tokens processed (prefill) or generated (decode) per second,
+                                  ///< best round
+  double mean_tokens_per_s = 0.0; ///< the same over all rounds (total tokens / total time)
 };
 
 struct engine_bench_result {
@@ -43,6 +49,7 @@ struct engine_bench_result {
   std::string weight_types; ///< e.g. "q8_0" or "f32+f16"
   std::string simd;         ///< matmul kernel in use
   int threads = 0;
+  int rounds = 1;                         ///< timings per prefill / decode figure
   std::size_t weight_bytes_per_token = 0; ///< bytes one decode step reads (model_weights)
   double matmul_flop_per_token = 0.0;     ///< 2 x the weights of every matmul
   double read_gbps = 0.0;                 ///< measured with the same thread count
