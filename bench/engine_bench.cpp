@@ -185,7 +185,8 @@ std::string format_engine_bench(const engine_bench_result& r) {
                    r.weight_types, r.simd, r.threads));
   line(fmt::format("weights/step     {:.1f} MB read per decode step (whole batch)",
                    static_cast<double>(r.weight_bytes_per_token) / 1e6));
-  line(fmt::format("kv pool          {:.1f} MB preallocated (peak memory = mapped weights + this)",
+  line(fmt::format("kv pool          {:.1f} MB preallocated (peak memory = the weights + this; "
+                   "q8_0 matrices are held once, packed for the kernels)",
                    static_cast<double>(r.kv_pool_bytes) / 1e6));
   line(fmt::format("read bandwidth   {:.2f} GB/s ({} threads, measured now)", r.read_gbps,
                    r.threads));

@@ -4,6 +4,7 @@
 
 #include "engine/gguf_reader.hpp"
 #include "engine/mapped_file.hpp"
+#include "engine/q8_pack.hpp"
 
 #include <cmath>
 #include <limits>
@@ -289,6 +290,10 @@ gguf_model load_gguf_model(const std::string& path) {
       parse_gguf({reinterpret_cast<const std::uint8_t*>(mapping->data()), mapping->size()}, path);
   gguf_model m = gguf_to_model(file);
   m.weights.storage = std::shared_ptr<const void>(mapping, mapping.get());
+  // The kernels read q8_0 matrices from the packed copy: the mapped originals are released so
+  // that resident memory holds the weights once (the embedding rows a lookup touches fault back
+  // in from the file).
+  pack_q8_0_weights(m.weights, [&](const void* p, std::size_t n) { mapping->release(p, n); });
   return m;
 }
 

@@ -1,6 +1,8 @@
 // Numeric kernels: scalar definitions plus a runtime-dispatched AVX2/FMA/F16C matmul.
 #include "engine/kernels.hpp"
 
+#include "engine/q8_pack.hpp"
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -330,6 +332,7 @@ DUET_AVX2 void quantize_activations_avx2(const float* x, std::int64_t x_stride, 
   _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)))
 #define DUET_Q8_UNSIGNED_X 0
 #define DUET_Q8_TILE_ROWS 2
+#define DUET_Q8_TILE_TOKENS 4
 #include "engine/kernels_q8_0.ipp"
 
 #define DUET_Q8_NS q8_avx_vnni
@@ -337,6 +340,7 @@ DUET_AVX2 void quantize_activations_avx2(const float* x, std::int64_t x_stride, 
 #define DUET_Q8_DPBUSD(acc, u, s) _mm256_dpbusd_avx_epi32(acc, u, s)
 #define DUET_Q8_UNSIGNED_X 1
 #define DUET_Q8_TILE_ROWS 2
+#define DUET_Q8_TILE_TOKENS 4
 #include "engine/kernels_q8_0.ipp"
 
 #define DUET_Q8_NS q8_avx512_vnni
@@ -344,6 +348,7 @@ DUET_AVX2 void quantize_activations_avx2(const float* x, std::int64_t x_stride, 
 #define DUET_Q8_DPBUSD(acc, u, s) _mm256_dpbusd_epi32(acc, u, s)
 #define DUET_Q8_UNSIGNED_X 1
 #define DUET_Q8_TILE_ROWS 4
+#define DUET_Q8_TILE_TOKENS 8
 #include "engine/kernels_q8_0.ipp"
 
 /// Single-token f16: R rows with two accumulators each (latency of the FMA chain hidden).
@@ -410,7 +415,23 @@ DUET_AVX2 void attention_avx2(const float* q, const kv_cache& kv,
           reinterpret_cast<const __m128i*>(base + static_cast<std::ptrdiff_t>(i) * 2)));
     return _mm256_loadu_ps(reinterpret_cast<const float*>(base) + i);
   };
-  const std::ptrdiff_t head_off = static_cast<std::ptrdiff_t>(kv_head) * hs * (f16 ? 2 : 4);
+  const std::ptrdiff_t head_bytes = static_cast<std::ptrdiff_t>(hs) * (f16 ? 2 : 4);
+  const std::ptrdiff_t head_off = kv_head * head_bytes;
+  // A head's K and V rows are head_bytes at a stride of a whole position (every head), in
+  // blocks the table scatters: the hardware prefetchers do not follow them, and with the weights
+  // streaming through the caches they come from memory. Each position's K and V lines are
+  // prefetched `ahead` positions before the score loop reaches them (the V loop then finds its
+  // rows in cache).
+  auto prefetch_position = [&](int p) {
+    const char* k = reinterpret_cast<const char*>(kv.k_row(table, layer, p) + head_off);
+    const char* v = reinterpret_cast<const char*>(kv.v_row(table, layer, p) + head_off);
+    for (std::ptrdiff_t b = 0; b < head_bytes; b += 64) {
+      _mm_prefetch(k + b, _MM_HINT_T0);
+      _mm_prefetch(v + b, _MM_HINT_T0);
+    }
+  };
+  constexpr int ahead = 16;
+  for (int p = 0; p < std::min(ahead, n_pos); ++p) prefetch_position(p);
   constexpr int P = 4; // positions per score step
   int t = 0;
   for (; t + P <= n_pos; t += P) {
@@ -418,6 +439,7 @@ DUET_AVX2 void attention_avx2(const float* q, const kv_cache& kv,
     __m256 acc[P];
     DUET_UNROLL
     for (int j = 0; j < P; ++j) {
+      if (t + ahead + j < n_pos) prefetch_position(t + ahead + j);
       k[j] = kv.k_row(table, layer, t + j) + head_off;
       acc[j] = _mm256_setzero_ps();
     }

@@ -4,6 +4,8 @@
 //   DUET_Q8_NS         the namespace of this instantiation (avx2, avx_vnni, avx512_vnni)
 //   DUET_Q8_TARGET     the function attribute naming its instruction set
 //   DUET_Q8_DPBUSD     (acc, u, s): acc + per int32 lane the sum of 4 products u8 x s8
+//   DUET_Q8_TILE_ROWS   rows per many-token tile of the file layout
+//   DUET_Q8_TILE_TOKENS tokens per pass over a packed group (engine/q8_pack.hpp)
 //   DUET_Q8_UNSIGNED_X 1 where DPBUSD is one exact instruction (VNNI): the many-token tiles then
 //                      feed x + 128 as the unsigned operand and start each (row, block) from
 //                      -128 * sum(w) (once per row block, shared by all tokens) instead of
@@ -121,6 +123,114 @@ DUET_Q8_TARGET void tile_q8_0(const tensor_view& w, std::int64_t r0, const q8_ac
   for (int j = 0; j < NT; ++j) y[(t0 + j) * y_stride + r0 + i] = hsum(acc[i][j]);
 }
 
+/// Packed q8_0 (engine/q8_pack.hpp): the 8 rows of one group against NT tokens t0 .. t0+NT-1,
+/// out[j] = the 8 rows' results for token t0 + j. Per (row, block, token) the exact integer dot
+/// product isum, then acc = fma(float(isum), d_w * d_x, acc) in block order: the same
+/// operations whatever NT is and on every instruction set, so a token's results do not depend
+/// on the tokens multiplied with it. With VNNI, one vpdpbusd per 4 values of 8 rows: the packed
+/// weights (w + 128) are the unsigned operand, 4 broadcast activation bytes the signed one, and
+/// 128 * sum(x) of the block (xbias) comes off once per (block, token). Without, |w| and w's
+/// sign moved onto x keep maddubs exact.
+/// `prefetch`: prefetch the records ahead (the first pass over a group streams it from memory).
+template <int NT>
+DUET_Q8_TARGET void packed_group(const std::uint8_t* group, std::int64_t blocks,
+                                 const q8_activation_block* xq, const std::int32_t* xbias, int t0,
+                                 __m256* out, bool prefetch) {
+  (void)xbias;
+  __m256 acc[NT];
+  DUET_UNROLL
+  for (int j = 0; j < NT; ++j) acc[j] = _mm256_setzero_ps();
+#if !DUET_Q8_UNSIGNED_X
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
+  const __m256i ones = _mm256_set1_epi16(1);
+#endif
+  for (std::int64_t b = 0; b < blocks; ++b) {
+    const std::uint8_t* rec = group + b * static_cast<std::int64_t>(q8_pack_record_bytes);
+    if (prefetch) {
+      DUET_UNROLL
+      for (int l = 0; l < 5; ++l) // a record is 4.25 lines
+        _mm_prefetch(reinterpret_cast<const char*>(rec) + prefetch_bytes + 64 * l, _MM_HINT_T0);
+    }
+    __m256i wv[8];
+    DUET_UNROLL
+    for (int k = 0; k < 8; ++k)
+      wv[k] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + 16 + 32 * k));
+    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rec)));
+    DUET_UNROLL
+    for (int j = 0; j < NT; ++j) {
+      const q8_activation_block& xb = xq[(t0 + j) * blocks + b];
+      __m256i s[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()};
+      DUET_UNROLL
+      for (int k = 0; k < 8; ++k) {
+        std::int32_t x4;
+        std::memcpy(&x4, xb.qs + 4 * k, 4);
+        const __m256i xv = _mm256_set1_epi32(x4);
+#if DUET_Q8_UNSIGNED_X
+        s[k % 2] = DUET_Q8_DPBUSD(s[k % 2], wv[k], xv);
+#else
+        const __m256i ws = _mm256_xor_si256(wv[k], flip); // w, signed
+        s[k % 2] = _mm256_add_epi32(
+            s[k % 2], _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(ws, ws),
+                                                             _mm256_sign_epi8(xv, ws)),
+                                        ones));
+#endif
+      }
+      __m256i isum = _mm256_add_epi32(s[0], s[1]);
+#if DUET_Q8_UNSIGNED_X
+      isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(xbias[(t0 + j) * blocks + b]));
+#endif
+      acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(dw, _mm256_set1_ps(xb.d)),
+                               acc[j]);
+    }
+  }
+  DUET_UNROLL
+  for (int j = 0; j < NT; ++j) out[j] = acc[j];
+}
+
+/// The packed groups that hold rows of [row_begin, row_end), against all n tokens; returns the
+/// first row they do not cover (the rows past the last full group keep the file layout).
+DUET_Q8_TARGET std::int64_t matmul_packed(const tensor_view& w, const q8_activation_block* xq,
+                                          int n, float* y, std::int64_t y_stride,
+                                          std::int64_t row_begin, std::int64_t row_end) {
+  const std::int64_t blocks = w.cols / 32, groups = w.rows / q8_pack_rows;
+  thread_local std::vector<std::int32_t> xbias;
+#if DUET_Q8_UNSIGNED_X
+  xbias.resize(static_cast<std::size_t>(n * blocks));
+  for (std::int64_t i = 0; i < n * blocks; ++i) {
+    std::int32_t sum = 0;
+    for (int k = 0; k < 32; ++k) sum += xq[i].qs[k];
+    xbias[static_cast<std::size_t>(i)] = 128 * sum;
+  }
+#endif
+  const std::int64_t g_end = std::min(groups, (row_end + q8_pack_rows - 1) / q8_pack_rows);
+  for (std::int64_t g = row_begin / q8_pack_rows; g < g_end; ++g) {
+    const std::uint8_t* group =
+        w.q8_packed + g * blocks * static_cast<std::int64_t>(q8_pack_record_bytes);
+    const std::int64_t r0 = g * q8_pack_rows, lo = std::max(r0, row_begin),
+                       hi = std::min(r0 + q8_pack_rows, row_end);
+    // A chunk boundary inside a group: the whole group is computed (each row's result is its
+    // own) and only the rows of the range are stored.
+    auto store = [&](int t, __m256 v) DUET_Q8_TARGET {
+      float* yt = y + t * y_stride;
+      if (lo == r0 && hi == r0 + q8_pack_rows) return _mm256_storeu_ps(yt + r0, v);
+      alignas(32) float tmp[8];
+      _mm256_store_ps(tmp, v);
+      for (std::int64_t r = lo; r < hi; ++r) yt[r] = tmp[r - r0];
+    };
+    int t = 0;
+    __m256 out[DUET_Q8_TILE_TOKENS];
+    for (; t + DUET_Q8_TILE_TOKENS <= n; t += DUET_Q8_TILE_TOKENS) {
+      packed_group<DUET_Q8_TILE_TOKENS>(group, blocks, xq, xbias.data(), t, out, t == 0);
+      for (int j = 0; j < DUET_Q8_TILE_TOKENS; ++j) store(t + j, out[j]);
+    }
+    for (; t < n; ++t) {
+      packed_group<1>(group, blocks, xq, xbias.data(), t, out, t == 0);
+      store(t, out[0]);
+    }
+  }
+  return std::max(row_begin, std::min(row_end, groups * q8_pack_rows));
+}
+
 /// q8_0 over n tokens: the activations are quantized once per call. One token: 8-row gemv
 /// groups streaming the weights (with prefetch); more: 2-row x 4-token tiles (the 2 rows,
 /// 2 * 34 * cols / 32 bytes, stay in L1 while every token passes).
@@ -131,6 +241,7 @@ DUET_Q8_TARGET void matmul_q8_0(const tensor_view& w, const float* x, std::int64
   quantize_activations_avx2(x, x_stride, n, w.cols, xq);
   const std::int64_t blocks = w.cols / 32;
   std::int64_t r = row_begin;
+  if (w.q8_packed != nullptr) r = matmul_packed(w, xq.data(), n, y, y_stride, row_begin, row_end);
   if (n == 1) {
     constexpr int R = 8; // 8 independent accumulator chains keep both FMA pipes busy
     for (; r + R <= row_end; r += R) gemv_q8_0<R>(w, r, xq.data(), y);
@@ -157,3 +268,4 @@ DUET_Q8_TARGET void matmul_q8_0(const tensor_view& w, const float* x, std::int64
 #undef DUET_Q8_DPBUSD
 #undef DUET_Q8_UNSIGNED_X
 #undef DUET_Q8_TILE_ROWS
+#undef DUET_Q8_TILE_TOKENS

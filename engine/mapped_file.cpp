@@ -3,6 +3,7 @@
 #include "engine/error.hpp"
 
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -50,6 +51,17 @@ std::shared_ptr<const mapped_file> mapped_file::open(const std::string& path) {
 
 mapped_file::~mapped_file() {
   if (data_ != nullptr) ::munmap(const_cast<std::byte*>(data_), size_);
+}
+
+void mapped_file::release(const void* p, std::size_t n) const {
+  const auto begin = reinterpret_cast<std::uintptr_t>(data_), end = begin + size_;
+  auto lo = reinterpret_cast<std::uintptr_t>(p), hi = lo + n;
+  if (data_ == nullptr || lo < begin || hi > end || lo >= hi) return;
+  const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+  lo = (lo + page - 1) / page * page;
+  hi = hi / page * page;
+  // Advice only: a failure leaves the pages mapped, which is what not calling would do.
+  if (lo < hi) (void)::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
 }
 
 } // namespace duet::engine

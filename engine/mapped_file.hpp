@@ -23,6 +23,11 @@ public:
   std::size_t size() const { return size_; }
   const std::string& path() const { return path_; }
 
+  /// Drops this process's copy of the whole pages inside [p, p + n) (madvise MADV_DONTNEED):
+  /// for data that was copied elsewhere and is no longer read here. The mapping stays valid; a
+  /// later read faults the pages back in from the file. Ranges outside the mapping are ignored.
+  void release(const void* p, std::size_t n) const;
+
 private:
   mapped_file() = default;
   const std::byte* data_ = nullptr;

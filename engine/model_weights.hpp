@@ -38,6 +38,9 @@ struct tensor_view {
   dtype type = dtype::f32;
   std::int64_t rows = 0;
   std::int64_t cols = 0;
+  /// q8_0 only: the same rows repacked for the integer kernels (engine/q8_pack.hpp), or null.
+  /// The kernels read this instead of `data` for the rows it holds.
+  const std::uint8_t* q8_packed = nullptr;
 
   std::size_t bytes() const { return static_cast<std::size_t>(rows) * row_bytes(type, cols); }
   const std::uint8_t* row(std::int64_t r) const {
@@ -67,6 +70,8 @@ struct model_weights {
   tensor_view rms_final;             ///< [dim]
   tensor_view classifier;            ///< [vocab_size][dim] (may alias token_embedding)
   std::shared_ptr<const void> storage;
+  /// The q8_0 matrices repacked for the kernels (pack_q8_0_weights), or null.
+  std::shared_ptr<const void> packed;
   std::string source_path; ///< file it came from, for messages
 
   /// Bytes of weights one decode step reads (every matrix once; the embedding row is negligible).

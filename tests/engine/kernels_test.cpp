@@ -4,6 +4,7 @@
 // for q8_0 plus the bound of 8-bit activation rounding (activation_rounding_bound).
 #include "engine/kernels.hpp"
 #include "engine/kv_cache.hpp"
+#include "engine/q8_pack.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -33,7 +34,16 @@ struct weights {
   std::vector<std::uint8_t> bytes;
   std::vector<float> values; // [rows][cols], dequantized
   tensor_view view;
+  std::vector<std::uint8_t> packed; // q8_0 rows repacked for the kernels (engine/q8_pack.hpp)
 };
+
+/// Gives q8_0 weights their packed copy, as the GGUF loader does (no-op for other types).
+void pack(weights& w) {
+  w.packed.resize(q8_packed_bytes(w.view));
+  if (w.packed.empty()) return;
+  pack_q8_0(w.view, w.packed.data());
+  w.view.q8_packed = w.packed.data();
+}
 
 weights make_weights(dtype type, int rows, int cols, std::mt19937& rng) {
   std::normal_distribution<float> dist(0.0f, 1.0f);
@@ -102,6 +112,9 @@ TEST_CASE("matmul of f32, f16 and q8_0 weights matches a scalar reference") {
   auto level = GENERATE(kernels::simd::scalar, kernels::simd::avx2, kernels::simd::avx_vnni,
                         kernels::simd::avx512_vnni);
   kernels::set_simd_limit(level);
+  // q8_0 in the file layout and packed 8 rows at a time (what the GGUF loader gives the kernels).
+  const bool packed = GENERATE(false, true);
+  if (packed && type != dtype::q8_0) return;
   struct shape {
     int rows, cols, n;
   };
@@ -113,6 +126,7 @@ TEST_CASE("matmul of f32, f16 and q8_0 weights matches a scalar reference") {
                  shape{12, 192, 32}, shape{10, 44, 6}}) {
     if (type == dtype::q8_0 && s.cols % 32 != 0) continue;
     auto w = make_weights(type, s.rows, s.cols, rng);
+    if (packed) pack(w);
     const int x_stride = s.cols + 3, y_stride = s.rows + 2;
     std::vector<float> x(static_cast<std::size_t>(s.n * x_stride));
     for (auto& v : x) v = std::normal_distribution<float>(0.0f, 1.0f)(rng);
@@ -131,8 +145,9 @@ TEST_CASE("matmul of f32, f16 and q8_0 weights matches a scalar reference") {
           mag += std::abs(p);
         }
         if (type == dtype::q8_0) quant = activation_rounding_bound(w, r, s.cols, &x[t * x_stride]);
-        INFO(dtype_name(type) << " " << kernels::simd_level() << " rows " << s.rows << " cols "
-                              << s.cols << " n " << s.n << " at t " << t << " r " << r);
+        INFO(dtype_name(type) << (packed ? " packed " : " ") << kernels::simd_level() << " rows "
+                              << s.rows << " cols " << s.cols << " n " << s.n << " at t " << t
+                              << " r " << r);
         REQUIRE(std::abs(y[static_cast<std::size_t>(t * y_stride + r)] - ref) <=
                 1e-5 * mag + quant + 1e-6);
       }
@@ -153,13 +168,24 @@ TEST_CASE("matmul gives a token bit-identical results alone and in a batch, for 
   auto level = GENERATE(kernels::simd::scalar, kernels::simd::avx2, kernels::simd::avx_vnni,
                         kernels::simd::avx512_vnni);
   kernels::set_simd_limit(level);
-  INFO(dtype_name(type) << " " << kernels::simd_level());
-  const int rows = 21, cols = 256, n = 7;
+  const bool packed = GENERATE(false, true);
+  if (packed && type != dtype::q8_0) return;
+  INFO(dtype_name(type) << (packed ? " packed " : " ") << kernels::simd_level());
+  // 21 rows: two packed groups of 8 and 5 rows in the file layout; 13 tokens: a pass of 8 (or
+  // 4) tokens, then single ones.
+  const int rows = 21, cols = 256, n = 13;
   auto w = make_weights(type, rows, cols, rng);
+  if (packed) pack(w);
   std::vector<float> x(static_cast<std::size_t>(n * cols));
   for (auto& v : x) v = std::normal_distribution<float>(0.0f, 1.0f)(rng);
   std::vector<float> batched(static_cast<std::size_t>(n * rows));
   kernels::matmul(w.view, x.data(), cols, n, batched.data(), rows, 0, rows);
+  // Thread chunks may split a packed group: each row's result is still its own.
+  std::vector<float> split(batched.size());
+  kernels::matmul(w.view, x.data(), cols, n, split.data(), rows, 0, 4);
+  kernels::matmul(w.view, x.data(), cols, n, split.data(), rows, 4, 11);
+  kernels::matmul(w.view, x.data(), cols, n, split.data(), rows, 11, rows);
+  REQUIRE(split == batched);
   for (int t = 0; t < n; ++t) {
     std::vector<float> alone(static_cast<std::size_t>(rows));
     kernels::matmul(w.view, x.data() + t * cols, cols, 1, alone.data(), rows, 0, rows);
@@ -189,23 +215,27 @@ TEST_CASE("q8_0 matmul gives bit-identical results with and without VNNI") {
   std::mt19937 rng(test_seed());
   INFO("seed " << test_seed() << " (set DUET_TEST_SEED to replay)");
   const int rows = 37, cols = 320;
-  auto w = make_weights(dtype::q8_0, rows, cols, rng);
-  for (int n : {1, 2, 5, 9}) {
-    std::vector<float> x(static_cast<std::size_t>(n * cols));
-    for (auto& v : x) v = std::normal_distribution<float>(0.0f, 1.0f)(rng);
-    kernels::set_simd_limit(kernels::simd::avx2);
-    std::vector<float> ref(static_cast<std::size_t>(n * rows));
-    kernels::matmul(w.view, x.data(), cols, n, ref.data(), rows, 0, rows);
-    for (auto l : vnni) {
-      kernels::set_simd_limit(l);
-      std::vector<float> got(ref.size());
-      kernels::matmul(w.view, x.data(), cols, n, got.data(), rows, 0, rows);
-      for (std::size_t i = 0; i < got.size(); ++i) {
-        INFO(kernels::simd_level() << " n " << n << " at " << i);
-        REQUIRE(got[i] == ref[i]);
+  auto file_layout = make_weights(dtype::q8_0, rows, cols, rng), packed = file_layout;
+  packed.view.data = packed.bytes.data();
+  pack(packed);
+  for (auto* w : {&file_layout, &packed})
+    for (int n : {1, 2, 5, 9}) {
+      std::vector<float> x(static_cast<std::size_t>(n * cols));
+      for (auto& v : x) v = std::normal_distribution<float>(0.0f, 1.0f)(rng);
+      kernels::set_simd_limit(kernels::simd::avx2);
+      std::vector<float> ref(static_cast<std::size_t>(n * rows));
+      kernels::matmul(w->view, x.data(), cols, n, ref.data(), rows, 0, rows);
+      for (auto l : vnni) {
+        kernels::set_simd_limit(l);
+        std::vector<float> got(ref.size());
+        kernels::matmul(w->view, x.data(), cols, n, got.data(), rows, 0, rows);
+        for (std::size_t i = 0; i < got.size(); ++i) {
+          INFO(kernels::simd_level()
+               << (w == &packed ? " packed" : "") << " n " << n << " at " << i);
+          REQUIRE(got[i] == ref[i]);
+        }
       }
     }
-  }
   kernels::set_simd_limit(kernels::best_simd());
 }
 

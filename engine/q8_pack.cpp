@@ -1,0 +1,61 @@
+#include "engine/q8_pack.hpp"
+
+#include "engine/kernels.hpp"
+
+#include <cstdlib>
+#include <cstring>
+#include <new>
+
+namespace duet::engine {
+
+std::size_t q8_packed_bytes(const tensor_view& w) {
+  if (w.type != dtype::q8_0 || w.rows < q8_pack_rows || w.data == nullptr) return 0;
+  return static_cast<std::size_t>(w.rows / q8_pack_rows) * static_cast<std::size_t>(w.cols / 32) *
+         q8_pack_record_bytes;
+}
+
+void pack_q8_0(const tensor_view& w, std::uint8_t* out) {
+  const std::int64_t groups = w.rows / q8_pack_rows, blocks = w.cols / 32;
+  for (std::int64_t g = 0; g < groups; ++g)
+    for (std::int64_t b = 0; b < blocks; ++b) {
+      std::uint8_t* rec = out + static_cast<std::size_t>(g * blocks + b) * q8_pack_record_bytes;
+      for (std::int64_t i = 0; i < q8_pack_rows; ++i) {
+        const auto& blk = reinterpret_cast<const q8_0_block*>(w.row(g * q8_pack_rows + i))[b];
+        std::memcpy(rec + 2 * i, &blk.d, 2);
+        for (int k = 0; k < 8; ++k)
+          for (int j = 0; j < 4; ++j)
+            rec[16 + k * 32 + i * 4 + j] =
+                static_cast<std::uint8_t>(static_cast<std::uint8_t>(blk.qs[4 * k + j]) ^ 0x80u);
+      }
+    }
+}
+
+void pack_q8_0_weights(model_weights& m,
+                       const std::function<void(const void*, std::size_t)>& packed_from) {
+  if (kernels::best_simd() == kernels::simd::scalar) return;
+  std::vector<tensor_view*> views;
+  for (auto& l : m.layers)
+    for (tensor_view* v : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w1, &l.w2, &l.w3}) views.push_back(v);
+  views.push_back(&m.classifier);
+  std::size_t total = 0;
+  for (const tensor_view* v : views) total += q8_packed_bytes(*v);
+  if (total == 0) return;
+  constexpr std::size_t align = 64;
+  auto* buffer = static_cast<std::uint8_t*>(::operator new (total, std::align_val_t{align}));
+  m.packed = std::shared_ptr<const void>(buffer, [](const void* p) {
+    ::operator delete (const_cast<void*>(p), std::align_val_t{align});
+  });
+  std::size_t at = 0;
+  for (tensor_view* v : views) {
+    const std::size_t n = q8_packed_bytes(*v);
+    if (n == 0) continue;
+    pack_q8_0(*v, buffer + at);
+    v->q8_packed = buffer + at;
+    if (packed_from)
+      packed_from(v->data, static_cast<std::size_t>(v->rows / q8_pack_rows * q8_pack_rows) *
+                               row_bytes(v->type, v->cols));
+    at += n;
+  }
+}
+
+} // namespace duet::engine
