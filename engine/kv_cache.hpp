@@ -50,6 +50,14 @@ struct kv_cache_config {
   std::size_t blocks_for(int n_sequences) const;
 };
 
+namespace detail {
+/// Unmaps a kv_cache pool (anonymous mmap of `bytes`).
+struct pool_unmap {
+  std::size_t bytes = 0;
+  void operator()(std::byte* p) const;
+};
+} // namespace detail
+
 class kv_cache {
 public:
   /// Allocates the pool (blocks_max * block_bytes(), pages touched lazily). Throws
@@ -135,7 +143,7 @@ private:
   int bt_;
   std::size_t row_bytes_;
   std::size_t block_bytes_;
-  std::unique_ptr<std::byte[]> pool_; ///< [blocks_max][block_bytes]
+  std::unique_ptr<std::byte[], detail::pool_unmap> pool_; ///< [blocks_max][block_bytes]
   std::vector<std::int32_t> free_blocks_;
   std::unordered_map<seq_id, seq_state> seqs_;
 };
