@@ -17,6 +17,30 @@ std::int64_t chunk_begin(std::int64_t n, std::int64_t c, std::int64_t chunks) {
   return c >= chunks ? n : (n * c / chunks) & ~std::int64_t{3};
 }
 
+/// How long a worker polls for the next job, and the caller for the workers' last chunks,
+/// before sleeping (see thread_pool.hpp). A chunk of a decode matmul takes 10-50 us here.
+constexpr auto worker_spin = std::chrono::microseconds(200);
+constexpr auto caller_spin = std::chrono::microseconds(200);
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
+/// Polls `done` until it holds or `budget` has passed; true when it holds.
+template <class Pred>
+bool spin_until(Pred&& done, std::chrono::microseconds budget) {
+  const auto until = std::chrono::steady_clock::now() + budget;
+  for (int i = 0;; ++i) {
+    if (done()) return true;
+    cpu_relax();
+    if (i % 64 == 63 && std::chrono::steady_clock::now() >= until) return done();
+  }
+}
+
 } // namespace
 
 thread_pool::thread_pool(int threads) {
@@ -52,7 +76,11 @@ void thread_pool::run(std::int64_t n, task_fn fn, void* ctx) {
   // Every chunk is claimed: late workers must not start, running ones must finish (ctx lives
   // on the caller's stack).
   open_ = false;
-  done_.wait(lock, [this] { return active_ == 0; });
+  if (active_.load() == 0) return;
+  lock.unlock();
+  const bool finished = spin_until([this] { return active_.load() == 0; }, caller_spin);
+  lock.lock();
+  if (!finished) done_.wait(lock, [this] { return active_.load() == 0; });
 }
 
 void thread_pool::run_chunks(std::unique_lock<std::mutex>& lock, int worker) {
@@ -71,6 +99,11 @@ void thread_pool::worker_main(int index) {
   std::uint64_t seen = 0;
   std::unique_lock<std::mutex> lock(mutex_);
   for (;;) {
+    if (!stop_ && generation_.load() == seen) {
+      lock.unlock();
+      spin_until([&] { return stop_.load() || generation_.load() != seen; }, worker_spin);
+      lock.lock();
+    }
     wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
     if (stop_) return;
     seen = generation_;

@@ -1,9 +1,21 @@
 #pragma once
 
-// A small persistent pool for the forward pass's outer loops. The engine shares 2 cores with
-// CAF's scheduler, so idle workers sleep on a condition variable (never spin), and the calling
-// thread does a share of the work itself: threads = 1 means no extra thread at all.
+// A small persistent pool for the forward pass's outer loops. The calling thread does a share
+// of the work itself: threads = 1 means no extra thread at all.
+//
+// Waiting is spin-then-sleep. A decode step is ~60 parallel_for calls a few tens of
+// microseconds apart (a 768x768 q8_0 matmul reads 0.6 MB: ~25 us), while waking a thread
+// sleeping on a condition variable costs tens of microseconds on this VM: with sleep-only
+// waiting the second thread joined most jobs after the caller had done them (stories110M q8_0,
+// 2 threads ran 1.2x one thread). So a worker that finishes a job polls for the next one for up
+// to `worker_spin` before it sleeps, and the caller polls for the last running chunk for up to
+// `caller_spin` before it sleeps (200 us each). Both are bounded: an idle pool sleeps (no
+// busy-waiting when idle). The cost is on a contended machine: a spinning worker holds a core
+// another process wants for up to 200 us after each job. With threads = 1 (the fabric's
+// default per actor, next to CAF's scheduler on 2 cores) there is no worker and no spinning.
 
+#include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
@@ -54,12 +66,13 @@ private:
   task_fn fn_ = nullptr;
   void* ctx_ = nullptr;
   std::int64_t n_ = 0;
-  std::uint64_t generation_ = 0; ///< bumped per job so sleepers know there is new work
-  std::int64_t chunks_ = 0;      ///< chunks of the current job
-  std::int64_t next_ = 0;        ///< next unclaimed chunk
-  bool open_ = false;            ///< the caller still waits on the current job
-  int active_ = 0;               ///< workers inside the current job
-  bool stop_ = false;
+  // Written under mutex_; generation_, active_ and stop_ are also polled without it.
+  std::atomic<std::uint64_t> generation_{0}; ///< bumped per job so waiters know there is work
+  std::int64_t chunks_ = 0;                  ///< chunks of the current job
+  std::int64_t next_ = 0;                    ///< next unclaimed chunk
+  bool open_ = false;                        ///< the caller still waits on the current job
+  std::atomic<int> active_{0};               ///< workers inside the current job
+  std::atomic<bool> stop_{false};
 };
 
 } // namespace duet::engine
