@@ -114,12 +114,16 @@ void run_generate(const generate_options& o) {
   std::fputs("\n", stdout);
   std::fflush(stdout);
   auto secs = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
+  // The first token comes from the prompt's logits: decode speed is over the other ones.
+  const std::string decode_rate = generated > 1
+                                      ? fmt::format("{:.1f} tok/s", (generated - 1) / secs(t1, t2))
+                                      : std::string("no decode step");
   fmt::print(stderr,
              "prompt {} tokens in {:.3f} s ({:.1f} tok/s), generated {} tokens in {:.3f} s "
-             "({:.1f} tok/s); {} threads, {} matmul, kv {}, seed {}\n",
+             "({}); {} threads, {} matmul, kv {}, seed {}\n",
              prompt.size(), secs(t0, t1), static_cast<double>(prompt.size()) / secs(t0, t1),
-             generated, secs(t1, t2), generated > 1 ? (generated - 1) / secs(t1, t2) : 0.0,
-             run.threads(), engine::kernels::simd_level(), o.kv_dtype, sc.seed);
+             generated, secs(t1, t2), decode_rate, run.threads(), engine::kernels::simd_level(),
+             o.kv_dtype, sc.seed);
 }
 
 void setup_generate(CLI::App& app) {
