@@ -275,21 +275,25 @@ caf::behavior request_impl(request_actor* self, std::shared_ptr<fabric_context> 
                          false);
           return;
         }
-        if (msg.from_prefill) {
-          s.first_token_seen = true;
-          if (s.placement.disaggregated)
-            self->send(s.placement.lane, start_decode{s.id, s.epoch, msg.position, msg.token});
-        } else if (!s.placement.disaggregated) {
-          s.first_token_seen = true;
-        }
+        if (msg.from_prefill || !s.placement.disaggregated) s.first_token_seen = true;
         if (s.req.stop_at_eos && std::find(s.ctx->stop_tokens.begin(), s.ctx->stop_tokens.end(),
                                            msg.token) != s.ctx->stop_tokens.end()) {
           finish(self, finish_reason::stop);
           return;
         }
+        // The client gets the token before the decode lane is told to start: sending
+        // start_decode first woke the lane's thread, which on the 2 shared cores preempted this
+        // one for its first decode steps, so the first token reached the client 5-6 ms after it
+        // reached this actor (timestamps of duet bench fabric, zmq+tcp, with one compiler busy).
         s.emitted.push_back(msg.token);
         if (s.callbacks.on_token) s.callbacks.on_token(msg.position, msg.token);
-        if (int(s.emitted.size()) >= s.req.max_tokens) finish(self, finish_reason::length);
+        if (int(s.emitted.size()) >= s.req.max_tokens) {
+          finish(self, finish_reason::length);
+          return;
+        }
+        // A first token that ends the request (stop token, max_tokens 1) starts no decoding.
+        if (msg.from_prefill && s.placement.disaggregated)
+          self->send(s.placement.lane, start_decode{s.id, s.epoch, msg.position, msg.token});
       },
       [=](work_failed& msg) {
         auto& s = self->state;
