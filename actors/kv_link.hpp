@@ -11,6 +11,9 @@
 // Receiving (a decode node): `kv_pump` owns the lane's transport receiver and a thread that
 // waits in recv() (blocking with a timeout, never spinning) and forwards each accepted segment
 // to whichever lane actor currently serves the node (it survives lane restarts).
+//
+// Both threads run under SCHED_BATCH (kv_link.cpp): they take an idle core at once and keep
+// their share of a busy one, but do not preempt the engine's threads when a segment wakes them.
 
 #include "actors/fabric_context.hpp"
 #include "actors/fabric_messages.hpp"
