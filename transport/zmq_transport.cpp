@@ -25,6 +25,8 @@
 
 #include <zmq.hpp>
 
+#include <sched.h>
+
 #include <map>
 #include <memory>
 #include <mutex>
@@ -35,8 +37,8 @@ namespace duet::transport {
 
 namespace {
 
-// A poll slice while received buffers are outstanding, so credit released on another thread
-// goes back to the sender within ~1 ms even while recv() waits.
+// A poll slice while received buffers are outstanding and a sender may be short of credit, so
+// credit released on another thread goes back to it within ~1 ms even while recv() waits.
 constexpr long credit_poll_slice_ms = 1;
 // How long a closing socket may still push queued frames (after flush() there are none).
 constexpr int linger_ms = 200;
@@ -53,6 +55,11 @@ std::shared_ptr<zmq::context_t> process_context() {
   auto ctx = shared.lock();
   if (!ctx) {
     ctx = std::make_shared<zmq::context_t>(1);
+    // The I/O thread moves bytes beside compute threads (a prefill shard streams KV while it
+    // computes the next layer): under SCHED_BATCH it keeps its share of the CPU and takes an
+    // idle core at once, but does not preempt a running thread when a frame wakes it. Set
+    // before the first socket starts the thread.
+    ctx->set(zmq::ctxopt::thread_sched_policy, SCHED_BATCH);
     shared = ctx;
   }
   return ctx;
@@ -82,6 +89,9 @@ struct zmq_stream {
   std::string identity;
   std::uint64_t stream_id = 0;
   std::atomic<std::uint64_t> released_bytes{0}; ///< released since the last credit frame
+  /// Payload bytes received from this sender and not yet granted back (receiver thread only):
+  /// the sender has at most window - unreturned_bytes of credit left.
+  std::uint64_t unreturned_bytes = 0;
 };
 
 class zmq_receiver final : public receiver {
@@ -120,18 +130,34 @@ public:
   const counters& stats() const override { return stats_; }
 
 private:
-  /// Returns released bytes to their senders: batched (a quarter window at a time) while
-  /// segments keep arriving, everything when about to wait (`all`). One credit frame per
-  /// segment doubled the messages and wake-ups per segment.
-  void send_credits(bool all) {
+  /// Whether `st`'s sender may lack credit for its next segment once nothing is in flight.
+  bool may_lack_credit(const zmq_stream& st) const {
+    return st.unreturned_bytes + opts_.segment_bytes_max > opts_.window_bytes;
+  }
+
+  /// Returns released bytes to their senders: batched, a quarter window at a time, and when
+  /// about to wait (`idle`) also everything to a sender that may lack credit. One credit frame
+  /// per segment doubled the messages and wake-ups per segment; one per idle gap still cost a
+  /// credit frame per KV segment (a prefill shard's segments arrive ~1 ms apart), each a wake-up
+  /// of the I/O thread on both ends, while a sender with most of its window left needs none.
+  void send_credits(bool idle) {
     for (auto& [id, st] : streams_) {
       std::uint64_t n = st->released_bytes.load();
-      if (n == 0 || (!all && n < opts_.window_bytes / 4)) continue;
+      if (n == 0 || (n < opts_.window_bytes / 4 && !(idle && may_lack_credit(*st)))) continue;
       n = st->released_bytes.exchange(0);
+      st->unreturned_bytes -= std::min(st->unreturned_bytes, n);
       sock_.send(zmq::buffer(id), zmq::send_flags::sndmore);
       send_frame(sock_, messages::credit_grant{st->stream_id, n, 0, 0, 0, 0},
                  zmq::send_flags::dontwait);
     }
+  }
+
+  /// Whether some sender may lack credit while received buffers are still held elsewhere.
+  bool credit_pending() const {
+    if (outstanding_buffers_->load() == 0) return false;
+    for (const auto& [id, st] : streams_)
+      if (may_lack_credit(*st)) return true;
+    return false;
   }
 
   result<segment> recv_impl(milliseconds timeout) {
@@ -140,10 +166,10 @@ private:
       send_credits(false);
       zmq::pollitem_t item{sock_.handle(), 0, ZMQ_POLLIN, 0};
       zmq::poll(&item, 1, std::chrono::milliseconds(0));
-      if ((item.revents & ZMQ_POLLIN) == 0) { // about to wait: return all credit first
+      if ((item.revents & ZMQ_POLLIN) == 0) { // about to wait: return credit a sender may need
         send_credits(true);
         long wait = remaining_ms(deadline);
-        if (outstanding_buffers_->load() > 0) wait = std::min(wait, credit_poll_slice_ms);
+        if (credit_pending()) wait = std::min(wait, credit_poll_slice_ms);
         zmq::poll(&item, 1, std::chrono::milliseconds(wait));
       }
       if ((item.revents & ZMQ_POLLIN) == 0) {
@@ -171,8 +197,10 @@ private:
     auto frame = messages::decode_frame(view(parts[1]), opts_.segment_bytes_max);
     if (!frame) {
       // A payload frame behind an unreadable envelope still cost its sender credit: give it back.
-      if (auto known = streams_.find(identity); known != streams_.end() && parts.size() == 3)
+      if (auto known = streams_.find(identity); known != streams_.end() && parts.size() == 3) {
+        known->second->unreturned_bytes += parts[2].size();
         known->second->released_bytes.fetch_add(parts[2].size());
+      }
       errc code = frame.why().kind == messages::problem_kind::truncated   ? errc::truncated
                   : frame.why().kind == messages::problem_kind::oversized ? errc::oversized
                                                                           : errc::malformed;
@@ -225,6 +253,7 @@ private:
       data = copy.data();
       storage = copy.release_owner();
     }
+    it->second->unreturned_bytes += n;
     outstanding_buffers_->fetch_add(1);
     std::shared_ptr<void> credit_owner(data,
                                        [storage = std::move(storage), st = it->second,
