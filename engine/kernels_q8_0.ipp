@@ -170,9 +170,9 @@ DUET_Q8_TARGET void packed_group(const std::uint8_t* group, std::int64_t blocks,
 #else
         const __m256i ws = _mm256_xor_si256(wv[k], flip); // w, signed
         s[k % 2] = _mm256_add_epi32(
-            s[k % 2], _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(ws, ws),
-                                                             _mm256_sign_epi8(xv, ws)),
-                                        ones));
+            s[k % 2],
+            _mm256_madd_epi16(
+                _mm256_maddubs_epi16(_mm256_sign_epi8(ws, ws), _mm256_sign_epi8(xv, ws)), ones));
 #endif
       }
       __m256i isum = _mm256_add_epi32(s[0], s[1]);
