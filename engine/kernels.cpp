@@ -22,12 +22,6 @@ namespace {
 
 std::atomic<simd> simd_limit{simd::avx512_vnni};
 
-/// 32 activations quantized for the q8_0 dot product: x[i] ~= d * qs[i], qs in [-127, 127].
-struct q8_activation_block {
-  float d;
-  std::int8_t qs[32];
-};
-
 bool cpu_has_avx2() {
 #ifdef DUET_X86
   // F16C through cpuid leaf 1 (ecx bit 29): clang 14's __builtin_cpu_supports has no "f16c".
@@ -101,18 +95,16 @@ inline float weight_at(dtype t, const std::uint8_t* row, std::int64_t k) {
   return 0.0f;
 }
 
-/// Quantizes n activation rows of `cols` values (32 | cols) into q8 blocks, as ggml's
-/// quantize_row_q8_0 does but with an f32 scale: d = max|x| / 127, q = round(x / d).
-/// out is [n][cols / 32]. The scalar kernels' version; the AVX2 matmul has its own
-/// (quantize_activations_avx2), which computes the same values.
-void quantize_activations(const float* x, std::int64_t x_stride, int n, std::int64_t cols,
-                          std::vector<q8_activation_block>& out) {
+/// Quantizes activation rows [t_begin, t_end) of `cols` values (32 | cols) into q8 blocks, as
+/// ggml's quantize_row_q8_0 does but with an f32 scale: d = max|x| / 127, q = round(x / d).
+/// out is [n][cols / 32]. The scalar version; quantize_activations_avx2 computes the same values.
+void quantize_activations(const float* x, std::int64_t x_stride, std::int64_t cols, int t_begin,
+                          int t_end, q8_activation_block* out) {
   const std::int64_t blocks = cols / 32;
-  out.resize(static_cast<std::size_t>(n * blocks));
-  for (int t = 0; t < n; ++t) {
+  for (int t = t_begin; t < t_end; ++t) {
     const float* xt = x + static_cast<std::int64_t>(t) * x_stride;
     for (std::int64_t b = 0; b < blocks; ++b) {
-      auto& blk = out[static_cast<std::size_t>(t * blocks + b)];
+      auto& blk = out[t * blocks + b];
       float amax = 0.0f;
       for (int i = 0; i < 32; ++i) amax = std::max(amax, std::abs(xt[b * 32 + i]));
       blk.d = amax / 127.0f;
@@ -126,16 +118,14 @@ void quantize_activations(const float* x, std::int64_t x_stride, int n, std::int
 }
 
 /// Scalar q8_0 x q8 activations: per block an exact integer dot, scaled by d_w * d_x.
-void matmul_q8_0_scalar(const tensor_view& w, const float* x, std::int64_t x_stride, int n,
-                        float* y, std::int64_t y_stride, std::int64_t row_begin,
-                        std::int64_t row_end) {
-  thread_local std::vector<q8_activation_block> xq;
-  quantize_activations(x, x_stride, n, w.cols, xq);
+void matmul_q8_0_scalar(const tensor_view& w, const matmul_input& in, float* y,
+                        std::int64_t y_stride, std::int64_t row_begin, std::int64_t row_end) {
   const std::int64_t blocks = w.cols / 32;
+  const int n = in.n();
   for (std::int64_t r = row_begin; r < row_end; ++r) {
     const auto* row = reinterpret_cast<const q8_0_block*>(w.row(r));
     for (int t = 0; t < n; ++t) {
-      const q8_activation_block* xb = xq.data() + t * blocks;
+      const q8_activation_block* xb = in.q8() + t * blocks;
       float sum = 0.0f;
       for (std::int64_t b = 0; b < blocks; ++b) {
         std::int32_t isum = 0;
@@ -147,10 +137,12 @@ void matmul_q8_0_scalar(const tensor_view& w, const float* x, std::int64_t x_str
   }
 }
 
-void matmul_scalar(const tensor_view& w, const float* x, std::int64_t x_stride, int n, float* y,
-                   std::int64_t y_stride, std::int64_t row_begin, std::int64_t row_end) {
-  if (w.type == dtype::q8_0)
-    return matmul_q8_0_scalar(w, x, x_stride, n, y, y_stride, row_begin, row_end);
+void matmul_scalar(const tensor_view& w, const matmul_input& in, float* y, std::int64_t y_stride,
+                   std::int64_t row_begin, std::int64_t row_end) {
+  if (w.type == dtype::q8_0) return matmul_q8_0_scalar(w, in, y, y_stride, row_begin, row_end);
+  const float* x = in.x();
+  const std::int64_t x_stride = in.x_stride();
+  const int n = in.n();
   const std::int64_t cols = w.cols;
   for (std::int64_t r = row_begin; r < row_end; ++r) {
     const std::uint8_t* row = w.row(r);
@@ -289,17 +281,15 @@ DUET_AVX2 void row_group(const tensor_view& w, std::int64_t r0, const float* x,
 }
 
 /// quantize_activations, 8 lanes at a time (the same d, and the same rounding: half to even).
-/// It runs for every q8_0 matmul call on every thread, so a scalar loop with a libm round per
-/// value cost as much as the matmul itself in prefill.
-DUET_AVX2 void quantize_activations_avx2(const float* x, std::int64_t x_stride, int n,
-                                         std::int64_t cols, std::vector<q8_activation_block>& out) {
+/// A scalar loop with a libm round per value cost as much as the matmul itself in prefill.
+DUET_AVX2 void quantize_activations_avx2(const float* x, std::int64_t x_stride, std::int64_t cols,
+                                         int t_begin, int t_end, q8_activation_block* out) {
   const std::int64_t blocks = cols / 32;
-  out.resize(static_cast<std::size_t>(n * blocks));
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
-  for (int t = 0; t < n; ++t) {
+  for (int t = t_begin; t < t_end; ++t) {
     const float* xt = x + static_cast<std::int64_t>(t) * x_stride;
     for (std::int64_t b = 0; b < blocks; ++b) {
-      auto& blk = out[static_cast<std::size_t>(t * blocks + b)];
+      auto& blk = out[t * blocks + b];
       __m256 v[4];
       __m256 amax = _mm256_setzero_ps();
       DUET_UNROLL
@@ -475,19 +465,21 @@ DUET_AVX2 void attention_avx2(const float* q, const kv_cache& kv,
   }
 }
 
-DUET_AVX2 void matmul_avx2(const tensor_view& w, const float* x, std::int64_t x_stride, int n,
-                           float* y, std::int64_t y_stride, std::int64_t row_begin,
-                           std::int64_t row_end) {
+DUET_AVX2 void matmul_avx2(const tensor_view& w, const matmul_input& in, float* y,
+                           std::int64_t y_stride, std::int64_t row_begin, std::int64_t row_end) {
   if (w.type == dtype::q8_0) {
     switch (current_simd()) {
     case simd::avx_vnni:
-      return q8_avx_vnni::matmul_q8_0(w, x, x_stride, n, y, y_stride, row_begin, row_end);
+      return q8_avx_vnni::matmul_q8_0(w, in, y, y_stride, row_begin, row_end);
     case simd::avx512_vnni:
-      return q8_avx512_vnni::matmul_q8_0(w, x, x_stride, n, y, y_stride, row_begin, row_end);
+      return q8_avx512_vnni::matmul_q8_0(w, in, y, y_stride, row_begin, row_end);
     default:
-      return q8_avx2::matmul_q8_0(w, x, x_stride, n, y, y_stride, row_begin, row_end);
+      return q8_avx2::matmul_q8_0(w, in, y, y_stride, row_begin, row_end);
     }
   }
+  const float* x = in.x();
+  const std::int64_t x_stride = in.x_stride();
+  const int n = in.n();
   constexpr int R = tile_rows;
   if (n == 1) {
     // 8 rows at a time: 8 independent FMA chains keep both FMA pipes busy.
@@ -540,12 +532,55 @@ void set_simd_limit(simd limit) {
   simd_limit.store(limit, std::memory_order_relaxed);
 }
 
+void matmul_input::reset(const float* x, std::int64_t x_stride, int n, std::int64_t cols,
+                         bool quantize) {
+  x_ = x;
+  x_stride_ = x_stride;
+  n_ = n;
+  cols_ = cols;
+  quantized_ = quantize;
+  if (!quantize) return;
+  const auto blocks = static_cast<std::size_t>(n) * static_cast<std::size_t>(cols / 32);
+  if (q8_.size() < blocks) q8_.resize(blocks);
+  if (q8_bias_.size() < blocks) q8_bias_.resize(blocks);
+}
+
+void matmul_input::quantize_rows(int t_begin, int t_end) {
+  if (!quantized_ || t_begin >= t_end) return;
+#ifdef DUET_X86
+  if (use_simd())
+    quantize_activations_avx2(x_, x_stride_, cols_, t_begin, t_end, q8_.data());
+  else
+#endif
+    quantize_activations(x_, x_stride_, cols_, t_begin, t_end, q8_.data());
+  const std::int64_t blocks = cols_ / 32;
+  for (std::int64_t i = t_begin * blocks; i < t_end * blocks; ++i) {
+    std::int32_t sum = 0;
+    for (int k = 0; k < 32; ++k) sum += q8_[static_cast<std::size_t>(i)].qs[k];
+    q8_bias_[static_cast<std::size_t>(i)] = 128 * sum;
+  }
+}
+
+void matmul(const tensor_view& w, const matmul_input& in, float* y, std::int64_t y_stride,
+            std::int64_t row_begin, std::int64_t row_end) {
+  if (w.type == dtype::q8_0 && !in.quantized()) {
+    thread_local matmul_input q;
+    q.reset(in.x(), in.x_stride(), in.n(), in.cols(), true);
+    q.quantize_rows(0, in.n());
+    return matmul(w, q, y, y_stride, row_begin, row_end);
+  }
+#ifdef DUET_X86
+  if (use_simd()) return matmul_avx2(w, in, y, y_stride, row_begin, row_end);
+#endif
+  matmul_scalar(w, in, y, y_stride, row_begin, row_end);
+}
+
 void matmul(const tensor_view& w, const float* x, std::int64_t x_stride, int n, float* y,
             std::int64_t y_stride, std::int64_t row_begin, std::int64_t row_end) {
-#ifdef DUET_X86
-  if (use_simd()) return matmul_avx2(w, x, x_stride, n, y, y_stride, row_begin, row_end);
-#endif
-  matmul_scalar(w, x, x_stride, n, y, y_stride, row_begin, row_end);
+  thread_local matmul_input in;
+  in.reset(x, x_stride, n, w.cols, w.type == dtype::q8_0);
+  in.quantize_rows(0, n);
+  matmul(w, in, y, y_stride, row_begin, row_end);
 }
 
 void rmsnorm(float* out, const float* x, const float* weight, int size, float eps) {

@@ -24,6 +24,7 @@
 
 #include <cstdint>
 #include <string_view>
+#include <vector>
 
 namespace duet::engine::kernels {
 
@@ -54,8 +55,56 @@ void set_simd_limit(simd limit);
 /// y[t][r] = sum_k W[r][k] * x[t][k] for t in [0, n) and rows r in [row_begin, row_end).
 /// W is [rows][cols] of any dtype; x is [n][cols] with row stride x_stride (>= cols); y has
 /// row stride y_stride (>= the rows written). Each weight row is read once for all n tokens.
+/// For q8_0 weights x is quantized by every call (see matmul_input to do it once).
 void matmul(const tensor_view& w, const float* x, std::int64_t x_stride, int n, float* y,
             std::int64_t y_stride, std::int64_t row_begin, std::int64_t row_end);
+
+/// 32 activations quantized for the q8_0 dot product: x[i] ~= d * qs[i], qs in [-127, 127].
+struct q8_activation_block {
+  float d;
+  std::int8_t qs[32];
+};
+
+/// The activations of several matmuls, prepared once: x as given and, for q8_0 weights, its
+/// 8-bit quantization (d = max|x| / 127 per 32 values, as ggml) with each block's sum, which
+/// the VNNI kernels subtract. The forward pass multiplies one x by several matrices (q, k, v;
+/// w1, w3) on every thread of its pool: quantizing per matmul call did that work up to 6 times
+/// per input (measured: stories110M q8_0, 2 threads, quantization was 5% of all samples, with
+/// the block sums inside the matmul itself besides). Rows are quantized independently, so
+/// threads may split them; the values are those matmul(w, x, ...) computes.
+class matmul_input {
+public:
+  /// Points at x[n][cols] (row stride x_stride) and sizes the quantized copy when `quantize`
+  /// (a q8_0 matrix will be multiplied; cols must then be a multiple of 32). Allocates only when
+  /// n * cols outgrows every earlier use.
+  void reset(const float* x, std::int64_t x_stride, int n, std::int64_t cols, bool quantize);
+  /// Quantizes rows [t_begin, t_end) (no-op unless reset asked for it); disjoint ranges may run
+  /// on different threads. Every row must be quantized before a matmul reads this input.
+  void quantize_rows(int t_begin, int t_end);
+
+  const float* x() const { return x_; }
+  std::int64_t x_stride() const { return x_stride_; }
+  int n() const { return n_; }
+  std::int64_t cols() const { return cols_; }
+  bool quantized() const { return quantized_; }
+  const q8_activation_block* q8() const { return q8_.data(); }
+  /// [n][cols / 32]: 128 * the sum of the block's qs.
+  const std::int32_t* q8_bias() const { return q8_bias_.data(); }
+
+private:
+  const float* x_ = nullptr;
+  std::int64_t x_stride_ = 0;
+  int n_ = 0;
+  std::int64_t cols_ = 0;
+  bool quantized_ = false;
+  std::vector<q8_activation_block> q8_;
+  std::vector<std::int32_t> q8_bias_;
+};
+
+/// matmul() of a prepared input: x read from `in` and, for q8_0 weights, its quantized rows
+/// (an input prepared without quantization is quantized by this call, as matmul() does).
+void matmul(const tensor_view& w, const matmul_input& in, float* y, std::int64_t y_stride,
+            std::int64_t row_begin, std::int64_t row_end);
 
 /// out = x / sqrt(mean(x^2) + eps) * weight   (size values; out may alias x)
 void rmsnorm(float* out, const float* x, const float* weight, int size, float eps);

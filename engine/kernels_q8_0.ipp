@@ -190,18 +190,10 @@ DUET_Q8_TARGET void packed_group(const std::uint8_t* group, std::int64_t blocks,
 /// The packed groups that hold rows of [row_begin, row_end), against all n tokens; returns the
 /// first row they do not cover (the rows past the last full group keep the file layout).
 DUET_Q8_TARGET std::int64_t matmul_packed(const tensor_view& w, const q8_activation_block* xq,
-                                          int n, float* y, std::int64_t y_stride,
-                                          std::int64_t row_begin, std::int64_t row_end) {
+                                          const std::int32_t* xbias, int n, float* y,
+                                          std::int64_t y_stride, std::int64_t row_begin,
+                                          std::int64_t row_end) {
   const std::int64_t blocks = w.cols / 32, groups = w.rows / q8_pack_rows;
-  thread_local std::vector<std::int32_t> xbias;
-#if DUET_Q8_UNSIGNED_X
-  xbias.resize(static_cast<std::size_t>(n * blocks));
-  for (std::int64_t i = 0; i < n * blocks; ++i) {
-    std::int32_t sum = 0;
-    for (int k = 0; k < 32; ++k) sum += xq[i].qs[k];
-    xbias[static_cast<std::size_t>(i)] = 128 * sum;
-  }
-#endif
   const std::int64_t g_end = std::min(groups, (row_end + q8_pack_rows - 1) / q8_pack_rows);
   for (std::int64_t g = row_begin / q8_pack_rows; g < g_end; ++g) {
     const std::uint8_t* group =
@@ -220,40 +212,41 @@ DUET_Q8_TARGET std::int64_t matmul_packed(const tensor_view& w, const q8_activat
     int t = 0;
     __m256 out[DUET_Q8_TILE_TOKENS];
     for (; t + DUET_Q8_TILE_TOKENS <= n; t += DUET_Q8_TILE_TOKENS) {
-      packed_group<DUET_Q8_TILE_TOKENS>(group, blocks, xq, xbias.data(), t, out, t == 0);
+      packed_group<DUET_Q8_TILE_TOKENS>(group, blocks, xq, xbias, t, out, t == 0);
       for (int j = 0; j < DUET_Q8_TILE_TOKENS; ++j) store(t + j, out[j]);
     }
     for (; t < n; ++t) {
-      packed_group<1>(group, blocks, xq, xbias.data(), t, out, t == 0);
+      packed_group<1>(group, blocks, xq, xbias, t, out, t == 0);
       store(t, out[0]);
     }
   }
   return std::max(row_begin, std::min(row_end, groups * q8_pack_rows));
 }
 
-/// q8_0 over n tokens: the activations are quantized once per call. One token: 8-row gemv
+/// q8_0 over n tokens of an input quantized by the caller (matmul_input). One token: 8-row gemv
 /// groups streaming the weights (with prefetch); more: 2-row x 4-token tiles (the 2 rows,
 /// 2 * 34 * cols / 32 bytes, stay in L1 while every token passes).
-DUET_Q8_TARGET void matmul_q8_0(const tensor_view& w, const float* x, std::int64_t x_stride, int n,
-                                float* y, std::int64_t y_stride, std::int64_t row_begin,
+DUET_Q8_TARGET void matmul_q8_0(const tensor_view& w, const matmul_input& in, float* y,
+                                std::int64_t y_stride, std::int64_t row_begin,
                                 std::int64_t row_end) {
-  thread_local std::vector<q8_activation_block> xq;
-  quantize_activations_avx2(x, x_stride, n, w.cols, xq);
+  const q8_activation_block* xq = in.q8();
+  const int n = in.n();
   const std::int64_t blocks = w.cols / 32;
   std::int64_t r = row_begin;
-  if (w.q8_packed != nullptr) r = matmul_packed(w, xq.data(), n, y, y_stride, row_begin, row_end);
+  if (w.q8_packed != nullptr)
+    r = matmul_packed(w, xq, in.q8_bias(), n, y, y_stride, row_begin, row_end);
   if (n == 1) {
     constexpr int R = 8; // 8 independent accumulator chains keep both FMA pipes busy
-    for (; r + R <= row_end; r += R) gemv_q8_0<R>(w, r, xq.data(), y);
-    for (; r < row_end; ++r) gemv_q8_0<1>(w, r, xq.data(), y);
+    for (; r + R <= row_end; r += R) gemv_q8_0<R>(w, r, xq, y);
+    for (; r < row_end; ++r) gemv_q8_0<1>(w, r, xq, y);
     return;
   }
   auto rows_times_tokens = [&](auto rows_tag, std::int64_t r0) DUET_Q8_TARGET {
     constexpr int R = decltype(rows_tag)::value;
     int t = 0;
-    for (; t + 4 <= n; t += 4) tile_q8_0<R, 4>(w, r0, xq.data(), blocks, t, y, y_stride, t == 0);
-    for (; t + 2 <= n; t += 2) tile_q8_0<R, 2>(w, r0, xq.data(), blocks, t, y, y_stride, t == 0);
-    for (; t < n; ++t) tile_q8_0<R, 1>(w, r0, xq.data(), blocks, t, y, y_stride);
+    for (; t + 4 <= n; t += 4) tile_q8_0<R, 4>(w, r0, xq, blocks, t, y, y_stride, t == 0);
+    for (; t + 2 <= n; t += 2) tile_q8_0<R, 2>(w, r0, xq, blocks, t, y, y_stride, t == 0);
+    for (; t < n; ++t) tile_q8_0<R, 1>(w, r0, xq, blocks, t, y, y_stride);
   };
   for (; r + DUET_Q8_TILE_ROWS <= row_end; r += DUET_Q8_TILE_ROWS)
     rows_times_tokens(std::integral_constant<int, DUET_Q8_TILE_ROWS>{}, r);

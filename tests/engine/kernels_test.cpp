@@ -186,6 +186,20 @@ TEST_CASE("matmul gives a token bit-identical results alone and in a batch, for 
   kernels::matmul(w.view, x.data(), cols, n, split.data(), rows, 4, 11);
   kernels::matmul(w.view, x.data(), cols, n, split.data(), rows, 11, rows);
   REQUIRE(split == batched);
+  // A prepared input (the forward pass's: quantized once, rows split as threads would) and one
+  // prepared without quantization (the matmul then quantizes it) give the same bits.
+  for (bool quantize : {true, false}) {
+    INFO("matmul_input " << (quantize ? "quantized in 3 row ranges" : "not quantized"));
+    kernels::matmul_input in;
+    in.reset(x.data(), cols, n, cols, quantize);
+    in.quantize_rows(0, 5);
+    in.quantize_rows(5, 6);
+    in.quantize_rows(6, n);
+    std::vector<float> prepared(batched.size());
+    kernels::matmul(w.view, in, prepared.data(), rows, 0, 11);
+    kernels::matmul(w.view, in, prepared.data(), rows, 11, rows);
+    REQUIRE(prepared == batched);
+  }
   for (int t = 0; t < n; ++t) {
     std::vector<float> alone(static_cast<std::size_t>(rows));
     kernels::matmul(w.view, x.data() + t * cols, cols, 1, alone.data(), rows, 0, rows);
