@@ -392,7 +392,10 @@ DUET_AVX2 void gemv_group(const tensor_view& w, std::int64_t r0, const float* x,
 /// load and store of `out` per position. Per position and per lane the operations and their
 /// order are unchanged, so the results are those of one position at a time, bit for bit.
 /// Measured (duet bench engine, stories110M q8_0, decode 1 seq, 1 thread, perf): attention was
-/// 20% of decode time before this.
+/// 20% of decode time before this. Tried and dropped (2026-11-28): one task per row over all
+/// its heads, position-major (each position's whole K and V rows read once, contiguous, for
+/// every head; the same bits): 32-sequence decode unchanged (620-651 vs 625-632 tok/s at 64-80
+/// positions, 428-457 vs 443-448 at 64-264), prefill 128 13% slower.
 DUET_AVX2 void attention_avx2(const float* q, const kv_cache& kv,
                               std::span<const std::int32_t> table, int layer, int kv_head,
                               int n_pos, float* att, float* out) {
