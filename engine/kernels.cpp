@@ -1,12 +1,14 @@
 // Numeric kernels: scalar definitions plus a runtime-dispatched AVX2/FMA/F16C matmul.
 #include "engine/kernels.hpp"
 
+#include "engine/error.hpp"
 #include "engine/q8_pack.hpp"
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -566,6 +568,10 @@ void matmul_input::quantize_rows(int t_begin, int t_end) {
 
 void matmul(const tensor_view& w, const matmul_input& in, float* y, std::int64_t y_stride,
             std::int64_t row_begin, std::int64_t row_end) {
+  if (in.cols() != w.cols) // the kernels would read past the input's rows
+    throw engine_error(engine_errc::invalid_argument,
+                       "matmul: input has " + std::to_string(in.cols()) + " columns, matrix " +
+                           std::to_string(w.cols));
   if (w.type == dtype::q8_0 && !in.quantized()) {
     thread_local matmul_input q;
     q.reset(in.x(), in.x_stride(), in.n(), in.cols(), true);

@@ -103,6 +103,7 @@ private:
 
 /// matmul() of a prepared input: x read from `in` and, for q8_0 weights, its quantized rows
 /// (an input prepared without quantization is quantized by this call, as matmul() does).
+/// Throws engine_error(invalid_argument) when in.cols() is not w.cols.
 void matmul(const tensor_view& w, const matmul_input& in, float* y, std::int64_t y_stride,
             std::int64_t row_begin, std::int64_t row_end);
 
