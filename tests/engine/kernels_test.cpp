@@ -2,6 +2,7 @@
 // Matmul tolerance: |got - ref| <= 1e-5 * sum_k |w_k x_k| + 1e-6, i.e. float rounding of a
 // reordered sum (the AVX2 path sums 8 lanes then adds them), computed in double for the ref;
 // for q8_0 plus the bound of 8-bit activation rounding (activation_rounding_bound).
+#include "engine/error.hpp"
 #include "engine/kernels.hpp"
 #include "engine/kv_cache.hpp"
 #include "engine/q8_pack.hpp"
@@ -200,6 +201,13 @@ TEST_CASE("matmul gives a token bit-identical results alone and in a batch, for 
     kernels::matmul(w.view, in, prepared.data(), rows, 11, rows);
     REQUIRE(prepared == batched);
   }
+  // An input of another width is refused, not read past its rows.
+  kernels::matmul_input narrow;
+  narrow.reset(x.data(), cols, n, cols - 32, true);
+  narrow.quantize_rows(0, n);
+  std::vector<float> unused(batched.size());
+  CHECK_THROWS_AS(kernels::matmul(w.view, narrow, unused.data(), rows, 0, rows),
+                  duet::engine::engine_error);
   for (int t = 0; t < n; ++t) {
     std::vector<float> alone(static_cast<std::size_t>(rows));
     kernels::matmul(w.view, x.data() + t * cols, cols, 1, alone.data(), rows, 0, rows);
