@@ -11,8 +11,12 @@
 
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
+#include <fstream>
 #include <random>
 #include <set>
+
+#include <unistd.h>
 
 namespace duet::bench {
 
@@ -47,6 +51,14 @@ double matmul_flop(const engine::model_weights& w) {
     n += elems(l.wq) + elems(l.wk) + elems(l.wv) + elems(l.wo) + elems(l.w1) + elems(l.w2) +
          elems(l.w3);
   return 2.0 * n;
+}
+
+/// Resident set of this process now, from /proc/self/statm (0 if it cannot be read).
+std::size_t resident_bytes() {
+  std::ifstream statm("/proc/self/statm");
+  std::size_t total_pages = 0, resident_pages = 0;
+  if (!(statm >> total_pages >> resident_pages)) return 0;
+  return resident_pages * static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
 }
 
 } // namespace
@@ -174,6 +186,8 @@ engine_bench_result run_engine_bench(const engine_bench_options& o) {
     }
     res.decode.push_back(figure(b, static_cast<double>(b) * o.decode_steps, secs));
   }
+  res.model_file_bytes = static_cast<std::size_t>(std::filesystem::file_size(o.model));
+  res.resident_bytes = resident_bytes();
   if (o.on_progress) o.on_progress(1.0, "done");
   return res;
 }
@@ -188,6 +202,12 @@ std::string format_engine_bench(const engine_bench_result& r) {
   line(fmt::format("kv pool          {:.1f} MB preallocated (peak memory = the weights + this; "
                    "q8_0 matrices are held once, packed for the kernels)",
                    static_cast<double>(r.kv_pool_bytes) / 1e6));
+  if (r.resident_bytes > 0)
+    line(fmt::format("resident         {:.1f} MB at the end of the run (model file {:.1f} MB, KV "
+                     "pool {:.1f} MB reserved: its blocks count once written)",
+                     static_cast<double>(r.resident_bytes) / 1e6,
+                     static_cast<double>(r.model_file_bytes) / 1e6,
+                     static_cast<double>(r.kv_pool_bytes) / 1e6));
   line(fmt::format("read bandwidth   {:.2f} GB/s ({} threads, measured now)", r.read_gbps,
                    r.threads));
   double roof = r.roofline_tokens_per_s();

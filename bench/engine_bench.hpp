@@ -60,6 +60,11 @@ struct engine_bench_result {
   std::vector<engine_bench_figure> prefill;
   std::vector<engine_bench_figure> decode;
   std::size_t kv_pool_bytes = 0;
+  std::size_t model_file_bytes = 0; ///< size of the model file (mapped read-only)
+  /// Resident memory of the process at the end of the run (/proc/self/statm; 0 where
+  /// unavailable): the mapped weights it touched, the packed q8_0 copy (whose originals are
+  /// released), the KV blocks written and the workspaces.
+  std::size_t resident_bytes = 0;
 
   /// Single-sequence decode tok/s if it ran at the memory read bandwidth.
   double roofline_tokens_per_s() const;
