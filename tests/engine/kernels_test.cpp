@@ -327,8 +327,10 @@ TEST_CASE("attention over the paged cache matches a scalar reference for f32 and
   c.n_kv_heads = 2;
   c.head_size = hs;
   c.seq_len_max = 50;
-  c.block_tokens = 4;
+  // 4: blocks of whole 4-position score steps; 5: a single position at the end of every block
+  c.block_tokens = GENERATE(4, 5);
   c.blocks_max = 30;
+  INFO("block_tokens " << c.block_tokens);
   c.type = type;
   kv_cache kv(c);
   REQUIRE(kv.seq_add(1));
