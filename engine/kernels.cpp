@@ -48,7 +48,8 @@ bool supported(simd level) {
   case simd::avx512_vnni:
     // __builtin_cpu_supports checks that the OS saves the AVX-512 state too (EVEX needs it).
     return cpu_has_avx2() && __builtin_cpu_supports("avx512vnni") &&
-           __builtin_cpu_supports("avx512vl");
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512f") &&
+           __builtin_cpu_supports("avx512bw");
   case simd::avx_vnni: {
     // AVX-VNNI: cpuid leaf 7 subleaf 1, eax bit 4 (neither compiler's builtin names it).
     unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
@@ -319,6 +320,7 @@ DUET_AVX2 void quantize_activations_avx2(const float* x, std::int64_t x_stride, 
 // The q8_0 kernels per instruction set (see kernels_q8_0.ipp). AVX-VNNI and AVX512-VNNI (its
 // 256-bit form, which needs AVX512VL) fuse maddubs + madd into one dpbusd.
 #define DUET_Q8_NS q8_avx2
+#define DUET_Q8_ZMM 0
 #define DUET_Q8_TARGET DUET_AVX2
 #define DUET_Q8_DPBUSD(acc, u, s)                                                                  \
   _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)))
@@ -328,6 +330,7 @@ DUET_AVX2 void quantize_activations_avx2(const float* x, std::int64_t x_stride, 
 #include "engine/kernels_q8_0.ipp"
 
 #define DUET_Q8_NS q8_avx_vnni
+#define DUET_Q8_ZMM 0
 #define DUET_Q8_TARGET __attribute__((target("avx2,fma,f16c,avxvnni")))
 #define DUET_Q8_DPBUSD(acc, u, s) _mm256_dpbusd_avx_epi32(acc, u, s)
 #define DUET_Q8_UNSIGNED_X 1
@@ -336,7 +339,8 @@ DUET_AVX2 void quantize_activations_avx2(const float* x, std::int64_t x_stride, 
 #include "engine/kernels_q8_0.ipp"
 
 #define DUET_Q8_NS q8_avx512_vnni
-#define DUET_Q8_TARGET __attribute__((target("avx2,fma,f16c,avx512vnni,avx512vl")))
+#define DUET_Q8_TARGET __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")))
+#define DUET_Q8_ZMM 1
 #define DUET_Q8_DPBUSD(acc, u, s) _mm256_dpbusd_epi32(acc, u, s)
 #define DUET_Q8_UNSIGNED_X 1
 #define DUET_Q8_TILE_ROWS 4
