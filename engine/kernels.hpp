@@ -33,7 +33,8 @@ namespace duet::engine::kernels {
 /// the 256-bit form of AVX512-VNNI with AVX512VL) and give results bit-identical to avx2.
 /// AVX512-VNNI comes last (most preferred): its EVEX encoding has 32 vector registers, room for
 /// 4-row q8_0 tiles (measured: prefill 128 on stories110M q8_0, 1 thread, 485-492 tok/s against
-/// 405-456 with AVX-VNNI's 2-row tiles).
+/// 405-456 with AVX-VNNI's 2-row tiles), and 512-bit registers, which take packed q8_0 groups in
+/// pairs (16 rows per vpdpbusd; needs AVX512F and AVX512BW too).
 enum class simd { scalar, avx2, avx_vnni, avx512_vnni };
 
 /// "scalar", "avx2", "avx2+avx512vnni" or "avx2+avxvnni".
