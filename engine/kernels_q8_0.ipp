@@ -194,9 +194,10 @@ DUET_Q8_TARGET void packed_group(const std::uint8_t* group, std::int64_t blocks,
 /// g0's rows, 8-15 group g1's. Per (row, block, token) the same integer dot product and the same
 /// float steps in the same order as packed_group, so the results are the same bits; per
 /// multiply-add half the instructions (the broadcasts, the bias, the scaling are shared by 16
-/// rows). The masked intrinsics with an explicit source (mask all ones) stand in for the plain
-/// ones, whose _mm512_undefined_* source g++ 12 warns about (-Wmaybe-uninitialized, GCC bug
-/// 105593). Measured first (a vpdpbusd loop, 1 thread): 512-bit 580-630 GOP/s against 256-bit
+/// rows). Tried and dropped: four groups (32 rows) per broadcast, prefill and 32-sequence decode
+/// measured the same. The masked intrinsics with an explicit source (mask all ones) stand in for
+/// the plain ones, whose _mm512_undefined_* source g++ 12 warns about (-Wmaybe-uninitialized, GCC
+/// bug 105593). Measured first (a vpdpbusd loop, 1 thread): 512-bit 580-630 GOP/s against 256-bit
 /// 305, so the 256-bit peak the benchmark reported was half of this CPU's.
 template <int NT>
 DUET_Q8_TARGET void packed_pair(const std::uint8_t* g0, const std::uint8_t* g1, std::int64_t blocks,

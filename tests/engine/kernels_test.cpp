@@ -256,6 +256,17 @@ TEST_CASE("q8_0 matmul gives bit-identical results with and without VNNI") {
                << (w == &packed ? " packed" : "") << " n " << n << " at " << i);
           REQUIRE(got[i] == ref[i]);
         }
+        // Rows [4, 37) as a thread's chunk would be: 512-bit passes over 4 and 2 packed groups
+        // that start inside a group store only their rows.
+        std::vector<float> split(ref.size(), -7.0f);
+        kernels::matmul(w->view, x.data(), cols, n, split.data(), rows, 4, rows);
+        for (int t = 0; t < n; ++t)
+          for (int r = 0; r < rows; ++r) {
+            INFO(kernels::simd_level() << (w == &packed ? " packed" : "") << " n " << n
+                                       << " rows [4, 37) token " << t << " row " << r);
+            const auto i = static_cast<std::size_t>(t * rows + r);
+            REQUIRE(split[i] == (r < 4 ? -7.0f : ref[i]));
+          }
       }
     }
   kernels::set_simd_limit(kernels::best_simd());
