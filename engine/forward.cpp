@@ -289,12 +289,7 @@ void runner::layers_chunk(kv_cache& kv, int n, int first_layer, int last_layer, 
     in.reset(hb, 2 * H, n, H, q8(lw.w2)); // the gated half of hb
     each_row([&](int i) {
       float* h1 = row(hb, i, 2 * H);
-      const float* h3 = h1 + H;
-      for (int j = 0; j < H; ++j) {
-        float val = h1[j];
-        val *= 1.0f / (1.0f + std::exp(-val)); // silu, as run.c
-        h1[j] = val * h3[j];
-      }
+      kernels::silu_mul(h1, h1 + H, H);
       in.quantize_rows(i, i + 1);
     });
     pool_.parallel_for(

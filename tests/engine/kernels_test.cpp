@@ -272,6 +272,28 @@ TEST_CASE("q8_0 matmul gives bit-identical results with and without VNNI") {
   kernels::set_simd_limit(kernels::best_simd());
 }
 
+TEST_CASE("exp_rows is within 2 ulp of std::exp on every level") {
+  auto level = GENERATE(kernels::simd::scalar, kernels::simd::avx2);
+  kernels::set_simd_limit(level);
+  INFO(kernels::simd_level());
+  // Every 1/1024 over the range softmax and SiLU use, and its ends.
+  std::vector<float> x;
+  for (int i = -87 * 1024; i <= 88 * 1024; ++i) x.push_back(static_cast<float>(i) / 1024.0f);
+  x.push_back(-87.33f);
+  x.push_back(88.37f);
+  std::vector<float> e = x;
+  kernels::exp_rows(e.data(), static_cast<int>(e.size()));
+  double worst = 0;
+  for (std::size_t i = 0; i < x.size(); ++i) {
+    const float ref = std::exp(x[i]);
+    const double ulp = std::nextafter(ref, INFINITY) - ref;
+    worst = std::max(worst, std::abs(static_cast<double>(e[i]) - ref) / ulp);
+  }
+  INFO("worst error " << worst << " ulp");
+  CHECK(worst <= 2.0);
+  kernels::set_simd_limit(kernels::best_simd());
+}
+
 TEST_CASE("rmsnorm, softmax and rope match their formulas") {
   std::mt19937 rng(test_seed());
   INFO("seed " << test_seed());
