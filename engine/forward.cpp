@@ -44,7 +44,7 @@ struct runner::workspace {
   std::vector<float> xb2;      ///< [T][dim]   attention output (before wo)
   std::vector<float> qkv;      ///< [T][dim + 2 * kv_dim]  q | k | v per row
   std::vector<float> hb;       ///< [T][2 * hidden_dim]    w1 x | w3 x per row
-  std::vector<float> att;      ///< [threads][seq_len]     attention scores per worker
+  std::vector<float> att;      ///< [threads][4][seq_len]  attention scores per worker
   std::vector<float> rope;     ///< [seq_len][head_size/2][2]  cos, sin
   std::vector<seq_id> row_seq; ///< [T]
   std::vector<int> row_pos;    ///< [T]
@@ -89,7 +89,7 @@ runner::runner(const model_weights& weights, runner_options options)
   ws_->xb2.resize(T * u(D));
   ws_->qkv.resize(T * u(D + 2 * KV));
   ws_->hb.resize(T * u(2 * H));
-  ws_->att.resize(u(pool_.threads()) * u(c.seq_len));
+  ws_->att.resize(u(pool_.threads()) * 4 * u(c.seq_len));
   ws_->rope.resize(u(c.seq_len) * u(c.head_size()));
   kernels::rope_table(ws_->rope.data(), c.seq_len, c.head_size(), c.rope_theta);
   ws_->row_seq.resize(T);
@@ -162,13 +162,15 @@ void runner::forward_layers(kv_cache& kv, seq_id seq, int pos0, int n_tokens, in
       ws_->row_pos[si] = pos0 + done + i;
       ws_->row_table[si] = table;
     }
-    layers_chunk(kv, n, first_layer, last_layer, x.data() + static_cast<std::size_t>(done) * dim);
+    layers_chunk(kv, n, first_layer, last_layer, x.data() + static_cast<std::size_t>(done) * dim,
+                 true);
     for (int l = first_layer; l < last_layer; ++l)
       kv.note_written(seq, l, pos0 + done, pos0 + done + n, true);
   }
 }
 
-void runner::layers_chunk(kv_cache& kv, int n, int first_layer, int last_layer, float* x) {
+void runner::layers_chunk(kv_cache& kv, int n, int first_layer, int last_layer, float* x,
+                          bool one_sequence) {
   const auto& c = config();
   const int D = c.dim, KV = c.kv_dim(), H = c.hidden_dim, hs = c.head_size();
   const int QKV = D + 2 * KV;
@@ -251,18 +253,43 @@ void runner::layers_chunk(kv_cache& kv, int n, int first_layer, int last_layer, 
         std::memcpy(vr, q + D + KV, static_cast<std::size_t>(KV) * 4);
       }
     });
-    pool_.parallel_for(static_cast<std::int64_t>(n) * c.n_heads, [&](std::int64_t b, std::int64_t e,
-                                                                     int worker) {
-      float* att =
-          ws.att.data() + static_cast<std::size_t>(worker) * static_cast<std::size_t>(c.seq_len);
-      for (std::int64_t it = b; it < e; ++it) {
-        int i = static_cast<int>(it / c.n_heads);
-        int h = static_cast<int>(it % c.n_heads);
-        auto si = static_cast<std::size_t>(i);
-        kernels::attention(row(qkv, i, QKV) + h * hs, kv, ws.row_table[si], l, h / kv_mul,
-                           ws.row_pos[si] + 1, att, row(xb2, i, D) + h * hs);
-      }
-    });
+    // Head-major: consecutive tasks are the rows of one head, which in a prefill chunk all read
+    // the same sequence's K and V of that head (from cache after the first row), where row-major
+    // order cycled through every head's K and V per row (3 MB per layer at 512 positions of
+    // stories110M, past L2). A prefill chunk's rows (one sequence, consecutive positions) go 4 at
+    // a time through attention_rows, which loads each K row once for the 4. Measured (duet bench
+    // engine, stories110M q8_0, 1 thread, old and new binaries alternated): head-major alone,
+    // prefill 512 1148-1204 -> 1247-1251 tok/s; attention_rows then 958-976 -> 1155-1392 (a
+    // slower hour of the VM), prefill 128 1498-1558 -> 1643-1916.
+    const std::size_t att_per_worker = static_cast<std::size_t>(4 * c.seq_len);
+    if (one_sequence) {
+      const int groups = (n + 3) / 4;
+      pool_.parallel_for(
+          static_cast<std::int64_t>(groups) * c.n_heads,
+          [&](std::int64_t b, std::int64_t e, int worker) {
+            float* att = ws.att.data() + static_cast<std::size_t>(worker) * att_per_worker;
+            for (std::int64_t it = b; it < e; ++it) {
+              const int i = static_cast<int>(it % groups) * 4;
+              const int h = static_cast<int>(it / groups);
+              const auto si = static_cast<std::size_t>(i);
+              kernels::attention_rows(row(qkv, i, QKV) + h * hs, QKV, kv, ws.row_table[si], l,
+                                      h / kv_mul, ws.row_pos[si] + 1, std::min(4, n - i), att,
+                                      c.seq_len, row(xb2, i, D) + h * hs, D);
+            }
+          });
+    } else {
+      pool_.parallel_for(static_cast<std::int64_t>(n) * c.n_heads, [&](std::int64_t b,
+                                                                       std::int64_t e, int worker) {
+        float* att = ws.att.data() + static_cast<std::size_t>(worker) * att_per_worker;
+        for (std::int64_t it = b; it < e; ++it) {
+          const int i = static_cast<int>(it % n);
+          const int h = static_cast<int>(it / n);
+          const auto si = static_cast<std::size_t>(i);
+          kernels::attention(row(qkv, i, QKV) + h * hs, kv, ws.row_table[si], l, h / kv_mul,
+                             ws.row_pos[si] + 1, att, row(xb2, i, D) + h * hs);
+        }
+      });
+    }
     in.reset(xb2, D, n, D, q8(lw.wo));
     if (in.quantized()) each_row([&](int i) { in.quantize_rows(i, i + 1); });
     pool_.parallel_for(
@@ -373,7 +400,7 @@ void runner::decode_batch(kv_cache& kv, std::span<const decode_item> items,
       ws_->row_pos[si] = it.pos;
       ws_->row_table[si] = kv.block_table(it.seq);
     }
-    layers_chunk(kv, n, 0, c.n_layers, x);
+    layers_chunk(kv, n, 0, c.n_layers, x, false);
     for (int i = 0; i < n; ++i) {
       const auto& it = items[done + static_cast<std::size_t>(i)];
       for (int l = 0; l < c.n_layers; ++l) kv.note_written(it.seq, l, it.pos, it.pos + 1, true);

@@ -80,7 +80,9 @@ private:
   struct workspace;
   void check_batch(const kv_cache& kv, int first_layer, int last_layer) const;
   /// Runs the n rows staged in the workspace (row_seq/row_pos/row_table) through layers.
-  void layers_chunk(kv_cache& kv, int n, int first_layer, int last_layer, float* x);
+  /// `one_sequence`: the rows are one sequence at consecutive positions (a prefill chunk).
+  void layers_chunk(kv_cache& kv, int n, int first_layer, int last_layer, float* x,
+                    bool one_sequence);
 
   model_weights weights_;
   runner_options options_;

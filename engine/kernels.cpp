@@ -474,50 +474,87 @@ DUET_AVX2 void silu_mul_avx2(float* h1, const float* h3, int size) {
 /// its heads, position-major (each position's whole K and V rows read once, contiguous, for
 /// every head; the same bits): 32-sequence decode unchanged (620-651 vs 625-632 tok/s at 64-80
 /// positions, 428-457 vs 443-448 at 64-264), prefill 128 13% slower.
-DUET_AVX2 void attention_avx2(const float* q, const kv_cache& kv,
-                              std::span<const std::int32_t> table, int layer, int kv_head,
-                              int n_pos, float* att, float* out) {
-  const int hs = kv.config().head_size;
-  const float scale_div = std::sqrt(static_cast<float>(hs)); // run.c divides
-  const bool f16 = kv.config().type == dtype::f16;
-  auto load = [f16](const std::byte* base, int i) DUET_AVX2 {
+/// What attention_avx2 and attention_rows_avx2 share: this head's K and V rows in each block of
+/// the table, looked up once per block, then walked (kv_cache::k_row divides the position by the
+/// block size, four times per position and head: measured, duet bench engine, stories110M q8_0,
+/// 1 thread, 32 sequences, old and new binaries alternated: 200 steps from 64 positions
+/// 439-445 -> 471-490 tok/s, 16 steps 647-661 -> 674-682; attention 36% -> 27% of samples).
+struct head_walk {
+  int hs, bt, nb, n_pos;
+  bool f16;
+  std::ptrdiff_t head_bytes, row_bytes;
+  const std::byte** kb; ///< [nb] this head's K in each block
+  const std::byte** vb; ///< [nb] this head's V in each block
+
+  DUET_AVX2 head_walk(const kv_cache& kv, std::span<const std::int32_t> table, int layer,
+                      int kv_head, int positions)
+      : hs(kv.config().head_size), bt(kv.config().block_tokens), nb((positions + bt - 1) / bt),
+        n_pos(positions), f16(kv.config().type == dtype::f16),
+        head_bytes(static_cast<std::ptrdiff_t>(hs) * (f16 ? 2 : 4)),
+        row_bytes(static_cast<std::ptrdiff_t>(kv.row_bytes())) {
+    thread_local std::vector<const std::byte*> bases; // [nb] K, then [nb] V
+    if (bases.size() < static_cast<std::size_t>(2 * nb))
+      bases.resize(static_cast<std::size_t>(2 * nb));
+    kb = bases.data();
+    vb = bases.data() + nb;
+    const std::ptrdiff_t head_off = kv_head * head_bytes;
+    for (int b = 0; b < nb; ++b) {
+      kb[b] = kv.k_row(table, layer, b * bt) + head_off;
+      vb[b] = kv.v_row(table, layer, b * bt) + head_off;
+    }
+  }
+
+  DUET_AVX2 __m256 load(const std::byte* base, int i) const {
     if (f16)
       return _mm256_cvtph_ps(_mm_loadu_si128(
           reinterpret_cast<const __m128i*>(base + static_cast<std::ptrdiff_t>(i) * 2)));
     return _mm256_loadu_ps(reinterpret_cast<const float*>(base) + i);
-  };
-  const std::ptrdiff_t head_bytes = static_cast<std::ptrdiff_t>(hs) * (f16 ? 2 : 4);
-  const std::ptrdiff_t head_off = kv_head * head_bytes;
-  const auto row_bytes = static_cast<std::ptrdiff_t>(kv.row_bytes());
-  // This head's K and V in each block of the table, looked up once per block, then walked:
-  // kv_cache::k_row divides the position by the block size, four times per position and head.
-  // Measured (duet bench engine, stories110M q8_0, 1 thread, 32 sequences, old and new binaries
-  // alternated): 200 steps from 64 positions 439-445 -> 471-490 tok/s, 16 steps 647-661 ->
-  // 674-682; attention 36% -> 27% of samples. Prefetching 32 positions ahead or into L2 only
-  // measured the same.
-  const int bt = kv.config().block_tokens;
-  const int nb = (n_pos + bt - 1) / bt;
-  thread_local std::vector<const std::byte*> bases; // [nb] K, then [nb] V
-  if (bases.size() < static_cast<std::size_t>(2 * nb))
-    bases.resize(static_cast<std::size_t>(2 * nb));
-  const std::byte** kb = bases.data();
-  const std::byte** vb = bases.data() + nb;
-  for (int b = 0; b < nb; ++b) {
-    kb[b] = kv.k_row(table, layer, b * bt) + head_off;
-    vb[b] = kv.v_row(table, layer, b * bt) + head_off;
   }
+  const std::byte* k(int pos) const { return kb[pos / bt] + (pos % bt) * row_bytes; }
+
+  /// out = sum over positions [0, n) of att[p] * V[p], 8 lanes at a time, up to 64 output floats
+  /// in registers per pass over the positions.
+  DUET_AVX2 void weighted_v(const float* att, int n, float* out) const {
+    constexpr int chunk = 64; // output floats held in 8 registers per pass over the positions
+    for (int c = 0; c < hs; c += chunk) {
+      const int lanes = std::min(chunk, hs - c) / 8;
+      __m256 acc[chunk / 8];
+      DUET_UNROLL
+      for (int m = 0; m < chunk / 8; ++m) acc[m] = _mm256_setzero_ps();
+      for (int b = 0; b * bt < n; ++b) {
+        const int b0 = b * bt, end = std::min(n, b0 + bt);
+        const std::byte* v = vb[b] + static_cast<std::ptrdiff_t>(c) * (f16 ? 2 : 4);
+        for (int p = b0; p < end; ++p, v += row_bytes) {
+          const __m256 a = _mm256_set1_ps(att[p]);
+          DUET_UNROLL
+          for (int m = 0; m < chunk / 8; ++m)
+            if (m < lanes) acc[m] = _mm256_fmadd_ps(a, load(v, m * 8), acc[m]);
+        }
+      }
+      for (int m = 0; m < lanes; ++m) _mm256_storeu_ps(out + c + m * 8, acc[m]);
+    }
+  }
+};
+
+DUET_AVX2 void attention_avx2(const float* q, const kv_cache& kv,
+                              std::span<const std::int32_t> table, int layer, int kv_head,
+                              int n_pos, float* att, float* out) {
+  const head_walk w(kv, table, layer, kv_head, n_pos);
+  const int hs = w.hs, bt = w.bt, nb = w.nb;
+  const float scale_div = std::sqrt(static_cast<float>(hs)); // run.c divides
   // A head's K and V rows are head_bytes at a stride of a whole position (every head), in
   // blocks the table scatters: the hardware prefetchers do not follow them, and with the weights
   // streaming through the caches they come from memory. Each position's K and V lines are
   // prefetched `ahead` positions before the score loop reaches them (the V loop then finds its
-  // rows in cache). The prefetch cursor walks the blocks alongside.
+  // rows in cache). The prefetch cursor walks the blocks alongside. Prefetching 32 positions
+  // ahead or into L2 only measured the same.
   constexpr int ahead = 16;
   int pf_pos = 0, pf_blk = 0, pf_off = 0;
   auto prefetch_next = [&] {
     if (pf_pos < n_pos) {
-      const char* k = reinterpret_cast<const char*>(kb[pf_blk] + pf_off * row_bytes);
-      const char* v = reinterpret_cast<const char*>(vb[pf_blk] + pf_off * row_bytes);
-      for (std::ptrdiff_t b = 0; b < head_bytes; b += 64) {
+      const char* k = reinterpret_cast<const char*>(w.kb[pf_blk] + pf_off * w.row_bytes);
+      const char* v = reinterpret_cast<const char*>(w.vb[pf_blk] + pf_off * w.row_bytes);
+      for (std::ptrdiff_t b = 0; b < w.head_bytes; b += 64) {
         _mm_prefetch(k + b, _MM_HINT_T0);
         _mm_prefetch(v + b, _MM_HINT_T0);
       }
@@ -536,44 +573,87 @@ DUET_AVX2 void attention_avx2(const float* q, const kv_cache& kv,
       DUET_UNROLL
       for (int j = 0; j < P; ++j) {
         prefetch_next();
-        k[j] = kb[b] + (t - b0 + j) * row_bytes;
+        k[j] = w.kb[b] + (t - b0 + j) * w.row_bytes;
         acc[j] = _mm256_setzero_ps();
       }
       for (int i = 0; i < hs; i += 8) {
         const __m256 qv = _mm256_loadu_ps(q + i);
         DUET_UNROLL
-        for (int j = 0; j < P; ++j) acc[j] = _mm256_fmadd_ps(qv, load(k[j], i), acc[j]);
+        for (int j = 0; j < P; ++j) acc[j] = _mm256_fmadd_ps(qv, w.load(k[j], i), acc[j]);
       }
       DUET_UNROLL
       for (int j = 0; j < P; ++j) att[t + j] = hsum(acc[j]) / scale_div;
     }
     for (; t < end; ++t) {
       prefetch_next();
-      const std::byte* k = kb[b] + (t - b0) * row_bytes;
+      const std::byte* k = w.kb[b] + (t - b0) * w.row_bytes;
       __m256 acc = _mm256_setzero_ps();
       for (int i = 0; i < hs; i += 8)
-        acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), load(k, i), acc);
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), w.load(k, i), acc);
       att[t] = hsum(acc) / scale_div;
     }
   }
   softmax(att, n_pos);
-  constexpr int chunk = 64; // output floats held in 8 registers per pass over the positions
-  for (int c = 0; c < hs; c += chunk) {
-    const int lanes = std::min(chunk, hs - c) / 8;
-    __m256 acc[chunk / 8];
-    DUET_UNROLL
-    for (int m = 0; m < chunk / 8; ++m) acc[m] = _mm256_setzero_ps();
-    for (int b = 0; b < nb; ++b) {
-      const int b0 = b * bt, end = std::min(n_pos, b0 + bt);
-      const std::byte* v = vb[b] + static_cast<std::ptrdiff_t>(c) * (f16 ? 2 : 4);
-      for (int p = b0; p < end; ++p, v += row_bytes) {
-        const __m256 a = _mm256_set1_ps(att[p]);
+  w.weighted_v(att, n_pos, out);
+}
+
+/// attention_rows for up to 4 rows at a time: the scores of 4 rows x 2 positions per step (8
+/// FMA chains; each K load serves 4 rows, each query load 2 positions); the positions only the
+/// later rows see (causal) one row at a time. Per (row, position) the same FMA chain and hsum
+/// as attention_avx2, so the same bits.
+DUET_AVX2 void attention_rows_avx2(const float* q, std::int64_t q_stride, const kv_cache& kv,
+                                   std::span<const std::int32_t> table, int layer, int kv_head,
+                                   int n_pos0, int rows, float* att, std::int64_t att_stride,
+                                   float* out, std::int64_t out_stride) {
+  const head_walk w(kv, table, layer, kv_head, n_pos0 + rows - 1);
+  const int hs = w.hs;
+  const float scale_div = std::sqrt(static_cast<float>(hs)); // run.c divides
+  auto score = [&](const float* qr, int t) DUET_AVX2 {
+    const std::byte* k = w.k(t);
+    __m256 acc = _mm256_setzero_ps();
+    for (int i = 0; i < hs; i += 8)
+      acc = _mm256_fmadd_ps(_mm256_loadu_ps(qr + i), w.load(k, i), acc);
+    return hsum(acc) / scale_div;
+  };
+  for (int r0 = 0; r0 < rows; r0 += 4) {
+    const int R = std::min(4, rows - r0);
+    const int common = n_pos0 + r0; // positions every row of this group attends to
+    const float* qr[4];
+    float* ar[4];
+    for (int r = 0; r < 4; ++r) {
+      const int rr = r0 + std::min(r, R - 1); // a short group repeats its last row (not stored)
+      qr[r] = q + rr * q_stride;
+      ar[r] = att + rr * att_stride;
+    }
+    int t = 0;
+    if (R == 4) {
+      for (; t + 2 <= common; t += 2) {
+        const std::byte* k0 = w.k(t);
+        const std::byte* k1 = w.k(t + 1);
+        __m256 acc[4][2];
         DUET_UNROLL
-        for (int m = 0; m < chunk / 8; ++m)
-          if (m < lanes) acc[m] = _mm256_fmadd_ps(a, load(v, m * 8), acc[m]);
+        for (int r = 0; r < 4; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+        for (int i = 0; i < hs; i += 8) {
+          const __m256 kv0 = w.load(k0, i), kv1 = w.load(k1, i);
+          DUET_UNROLL
+          for (int r = 0; r < 4; ++r) {
+            const __m256 qv = _mm256_loadu_ps(qr[r] + i);
+            acc[r][0] = _mm256_fmadd_ps(qv, kv0, acc[r][0]);
+            acc[r][1] = _mm256_fmadd_ps(qv, kv1, acc[r][1]);
+          }
+        }
+        DUET_UNROLL
+        for (int r = 0; r < 4; ++r) {
+          ar[r][t] = hsum(acc[r][0]) / scale_div;
+          ar[r][t + 1] = hsum(acc[r][1]) / scale_div;
+        }
       }
     }
-    for (int m = 0; m < lanes; ++m) _mm256_storeu_ps(out + c + m * 8, acc[m]);
+    for (int r = 0; r < R; ++r) {
+      for (int p = t; p < common + r; ++p) ar[r][p] = score(qr[r], p);
+      softmax(ar[r], common + r);
+      w.weighted_v(ar[r], common + r, out + (r0 + r) * out_stride);
+    }
   }
 }
 
@@ -786,6 +866,20 @@ void attention(const float* q, const kv_cache& kv, std::span<const std::int32_t>
       for (int i = 0; i < hs; ++i) out[i] += a * vf[i];
     }
   }
+}
+
+void attention_rows(const float* q, std::int64_t q_stride, const kv_cache& kv,
+                    std::span<const std::int32_t> table, int layer, int kv_head, int n_pos0,
+                    int rows, float* att, std::int64_t att_stride, float* out,
+                    std::int64_t out_stride) {
+#ifdef DUET_X86
+  if (use_simd() && kv.config().head_size % 8 == 0)
+    return attention_rows_avx2(q, q_stride, kv, table, layer, kv_head, n_pos0, rows, att,
+                               att_stride, out, out_stride);
+#endif
+  for (int r = 0; r < rows; ++r)
+    attention(q + r * q_stride, kv, table, layer, kv_head, n_pos0 + r, att + r * att_stride,
+              out + r * out_stride);
 }
 
 void rope_table(float* table, int seq_len, int head_size, float theta) {

@@ -138,6 +138,15 @@ void rope(float* vec, int size, int head_size, const float* table_at_pos);
 void attention(const float* q, const kv_cache& kv, std::span<const std::int32_t> table, int layer,
                int kv_head, int n_pos, float* att, float* out);
 
+/// attention() of `rows` query rows of ONE sequence at consecutive positions (a prefill chunk):
+/// row r is q + r * q_stride and attends to positions [0, n_pos0 + r), into out + r * out_stride,
+/// with scores in att + r * att_stride (>= n_pos0 + rows - 1 floats each). The same bits as
+/// attention() row by row; each K row is loaded once for several query rows.
+void attention_rows(const float* q, std::int64_t q_stride, const kv_cache& kv,
+                    std::span<const std::int32_t> table, int layer, int kv_head, int n_pos0,
+                    int rows, float* att, std::int64_t att_stride, float* out,
+                    std::int64_t out_stride);
+
 /// Fills table[seq_len][head_size/2][2] with run.c's cos/sin values (same float formula).
 void rope_table(float* table, int seq_len, int head_size, float theta);
 

@@ -411,5 +411,24 @@ TEST_CASE("attention over the paged cache matches a scalar reference for f32 and
       CHECK(std::abs(out[static_cast<std::size_t>(i)] - ref) <= 1e-5);
     }
   }
+  // attention_rows (prefill's kernel): 7 query rows at consecutive positions (a group of 4 and a
+  // group of 3), the same bits as attention() row by row.
+  const int rows = 7, n_pos0 = n_pos - rows + 1;
+  std::vector<float> qs(static_cast<std::size_t>(rows * (hs + 3)));
+  for (auto& e : qs) e = dist(rng);
+  std::vector<float> atts(static_cast<std::size_t>(rows * n_pos)), outs(qs.size()), one(q.size());
+  for (int head = 0; head < 2; ++head) {
+    kernels::attention_rows(qs.data(), hs + 3, kv, table, layer, head, n_pos0, rows, atts.data(),
+                            n_pos, outs.data(), hs + 3);
+    for (int r = 0; r < rows; ++r) {
+      kernels::attention(qs.data() + r * (hs + 3), kv, table, layer, head, n_pos0 + r, att.data(),
+                         one.data());
+      for (int i = 0; i < hs; ++i) {
+        INFO("head " << head << " row " << r << " value " << i);
+        REQUIRE(outs[static_cast<std::size_t>(r * (hs + 3) + i)] ==
+                one[static_cast<std::size_t>(i)]);
+      }
+    }
+  }
   kernels::set_simd_limit(kernels::best_simd());
 }
