@@ -76,8 +76,8 @@ DUET_VNNI_LOOP(int8_loop_avx_vnni, "avx2,avxvnni", _mm256_dpbusd_avx_epi32)
 
 /// AVX512-VNNI in 512-bit registers, as the packed q8_0 kernel runs it (two 8-row groups per
 /// vpdpbusd): 64 multiply-adds per instruction, so one call is 2 x int8_mac_per_call. Measured
-/// on this VM's EPYC: 580-630 GOP/s per thread against 305 for the same loop in 256-bit
-/// registers; the 256-bit figure the benchmark used to report was half the real ceiling.
+/// on this VM's EPYC, 1 thread: 848-866 GOP/s, against 420-430 for the same loop in 256-bit
+/// registers, which is what this benchmark used to report as the ceiling.
 __attribute__((target("avx2,avx512f,avx512bw,avx512vnni"))) int int8_loop_avx512_vnni() {
   __m512i acc[chains];
   for (int i = 0; i < chains; ++i) acc[i] = _mm512_set1_epi32(i);

@@ -197,8 +197,8 @@ DUET_Q8_TARGET void packed_group(const std::uint8_t* group, std::int64_t blocks,
 /// rows). Tried and dropped: four groups (32 rows) per broadcast, prefill and 32-sequence decode
 /// measured the same. The masked intrinsics with an explicit source (mask all ones) stand in for
 /// the plain ones, whose _mm512_undefined_* source g++ 12 warns about (-Wmaybe-uninitialized, GCC
-/// bug 105593). Measured first (a vpdpbusd loop, 1 thread): 512-bit 580-630 GOP/s against 256-bit
-/// 305, so the 256-bit peak the benchmark reported was half of this CPU's.
+/// bug 105593). The int8 peak, measured by duet bench engine on this VM's EPYC with 1 thread:
+/// 848-866 GOP/s in 512-bit registers, 420-430 in 256-bit ones.
 template <int NT>
 DUET_Q8_TARGET void packed_pair(const std::uint8_t* g0, const std::uint8_t* g1, std::int64_t blocks,
                                 const q8_activation_block* xq, const std::int32_t* xbias, int t0,
