@@ -187,21 +187,12 @@ void runner::layers_chunk(kv_cache& kv, int n, int first_layer, int last_layer, 
   };
   auto q8 = [](const tensor_view& w) { return w.type == dtype::q8_0; };
   // The row-wise steps (norms, RoPE and the cache writes, SwiGLU, residuals, quantizing a matmul
-  // input) run on the pool too once there are a few rows: on one thread they left the other
-  // waiting (stories110M q8_0, 2 threads: ~7% of samples, with the pool's spinning worker
+  // input) run on the pool too once there are a few rows (each_row): on one thread they left the
+  // other waiting (stories110M q8_0, 2 threads: ~7% of samples, with the pool's spinning worker
   // beside them). Each row's arithmetic is the same either way. Measured with the matmul inputs
   // quantized once (duet bench engine, 2 threads, old and new binaries alternated): prefill 128
   // 1538-1551 -> 1768-1796 tok/s, 32 sequences 855-857 -> 994-1143; 1 thread unchanged.
-  const bool pooled = pool_.threads() > 1 && n >= 4;
-  auto each_row = [&](auto&& fn) {
-    if (!pooled) {
-      for (int i = 0; i < n; ++i) fn(i);
-      return;
-    }
-    pool_.parallel_for(n, [&](std::int64_t b, std::int64_t e, int) {
-      for (auto i = b; i < e; ++i) fn(static_cast<int>(i));
-    });
-  };
+  //
   // x += xb still owed from the previous layer's FFN: applied in the next row-wise pass.
   bool residual_pending = false;
 
@@ -212,7 +203,7 @@ void runner::layers_chunk(kv_cache& kv, int n, int first_layer, int last_layer, 
 
     // -- attention ---------------------------------------------------------------------------
     in.reset(xb, D, n, D, q8(lw.wq) || q8(lw.wk) || q8(lw.wv));
-    each_row([&, pending = residual_pending](int i) {
+    each_row(n, [&, pending = residual_pending](int i) {
       if (pending)
         for (int j = 0; j < D; ++j) row(x, i, D)[j] += row(xb, i, D)[j];
       kernels::rmsnorm(row(xb, i, D), row(x, i, D), rms_att, D, c.rms_eps);
@@ -231,7 +222,7 @@ void runner::layers_chunk(kv_cache& kv, int n, int first_layer, int last_layer, 
     });
     // RoPE, then this chunk's K and V into the cache (before attention: rows attend to each
     // other causally within the chunk). Rows write distinct positions.
-    each_row([&](int i) {
+    each_row(n, [&](int i) {
       float* q = row(qkv, i, QKV);
       const int pos = ws.row_pos[static_cast<std::size_t>(i)];
       const float* rt =
@@ -291,14 +282,14 @@ void runner::layers_chunk(kv_cache& kv, int n, int first_layer, int last_layer, 
       });
     }
     in.reset(xb2, D, n, D, q8(lw.wo));
-    if (in.quantized()) each_row([&](int i) { in.quantize_rows(i, i + 1); });
+    if (in.quantized()) each_row(n, [&](int i) { in.quantize_rows(i, i + 1); });
     pool_.parallel_for(
         D, [&](std::int64_t b, std::int64_t e, int) { kernels::matmul(lw.wo, in, xb, D, b, e); });
 
     // -- feed-forward (SwiGLU) ---------------------------------------------------------------
     // xb is overwritten in place by the norm: the residual x += wo's output comes first.
     in.reset(xb, D, n, D, q8(lw.w1) || q8(lw.w3));
-    each_row([&](int i) {
+    each_row(n, [&](int i) {
       float* xi = row(x, i, D);
       float* xbi = row(xb, i, D);
       for (int j = 0; j < D; ++j) xi[j] += xbi[j];
@@ -314,7 +305,7 @@ void runner::layers_chunk(kv_cache& kv, int n, int first_layer, int last_layer, 
       part(lw.w3, H);
     });
     in.reset(hb, 2 * H, n, H, q8(lw.w2)); // the gated half of hb
-    each_row([&](int i) {
+    each_row(n, [&](int i) {
       float* h1 = row(hb, i, 2 * H);
       kernels::silu_mul(h1, h1 + H, H);
       in.quantize_rows(i, i + 1);
@@ -324,7 +315,7 @@ void runner::layers_chunk(kv_cache& kv, int n, int first_layer, int last_layer, 
     residual_pending = true;
   }
   if (residual_pending)
-    each_row([&](int i) {
+    each_row(n, [&](int i) {
       for (int j = 0; j < D; ++j) row(x, i, D)[j] += row(xb, i, D)[j];
     });
 }
@@ -343,16 +334,11 @@ void runner::logits(std::span<const float> x, std::span<float> out) {
     float* xb = ws_->xb.data();
     auto& in = ws_->in;
     in.reset(xb, c.dim, n, c.dim, weights_.classifier.type == dtype::q8_0);
-    auto norm_row = [&](std::size_t i) {
-      kernels::rmsnorm(xb + i * D, x.data() + (done + i) * D, rms, c.dim, c.rms_eps);
-      in.quantize_rows(static_cast<int>(i), static_cast<int>(i) + 1);
-    };
-    if (pool_.threads() > 1 && n >= 4)
-      pool_.parallel_for(n, [&](std::int64_t b, std::int64_t e, int) {
-        for (auto i = b; i < e; ++i) norm_row(static_cast<std::size_t>(i));
-      });
-    else
-      for (int i = 0; i < n; ++i) norm_row(static_cast<std::size_t>(i));
+    each_row(n, [&](int i) {
+      const auto r = static_cast<std::size_t>(i);
+      kernels::rmsnorm(xb + r * D, x.data() + (done + r) * D, rms, c.dim, c.rms_eps);
+      in.quantize_rows(i, i + 1);
+    });
     float* o = out.data() + done * V;
     pool_.parallel_for(c.vocab_size, [&](std::int64_t b, std::int64_t e, int) {
       kernels::matmul(weights_.classifier, in, o, c.vocab_size, b, e);

@@ -79,6 +79,18 @@ public:
 private:
   struct workspace;
   void check_batch(const kv_cache& kv, int first_layer, int last_layer) const;
+  /// fn(i) for rows i in [0, n): on the pool once there are a few rows (n >= 4), else on this
+  /// thread (a pool dispatch costs more than a row-wise step on one row).
+  template <class Fn>
+  void each_row(int n, Fn&& fn) {
+    if (pool_.threads() == 1 || n < 4) {
+      for (int i = 0; i < n; ++i) fn(i);
+      return;
+    }
+    pool_.parallel_for(n, [&](std::int64_t b, std::int64_t e, int) {
+      for (auto i = b; i < e; ++i) fn(static_cast<int>(i));
+    });
+  }
   /// Runs the n rows staged in the workspace (row_seq/row_pos/row_table) through layers.
   /// `one_sequence`: the rows are one sequence at consecutive positions (a prefill chunk).
   void layers_chunk(kv_cache& kv, int n, int first_layer, int last_layer, float* x,

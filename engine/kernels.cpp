@@ -446,8 +446,8 @@ DUET_AVX2 void store_exp_avx2(float* x) {
   _mm256_storeu_ps(x, exp_avx2(_mm256_loadu_ps(x)));
 }
 
-/// silu_mul with exp_avx2.
-DUET_AVX2 void silu_mul_avx2(float* h1, const float* h3, int size) {
+/// silu_mul with exp_avx2 over the whole 8-value steps; returns how many values it did.
+DUET_AVX2 int silu_mul_avx2(float* h1, const float* h3, int size) {
   const __m256 one = _mm256_set1_ps(1.0f);
   int i = 0;
   for (; i + 8 <= size; i += 8) {
@@ -456,31 +456,16 @@ DUET_AVX2 void silu_mul_avx2(float* h1, const float* h3, int size) {
     const __m256 silu = _mm256_mul_ps(v, _mm256_div_ps(one, _mm256_add_ps(one, e)));
     _mm256_storeu_ps(h1 + i, _mm256_mul_ps(silu, _mm256_loadu_ps(h3 + i)));
   }
-  for (; i < size; ++i) {
-    float val = h1[i];
-    val *= 1.0f / (1.0f + std::exp(-val));
-    h1[i] = val * h3[i];
-  }
+  return i;
 }
 
-/// AVX2 attention for head sizes that are a multiple of 8: the same two passes as the scalar
-/// version (scores, softmax, weighted sum of V), 8 lanes at a time. Scores run 4 positions at a
-/// time (4 independent FMA chains instead of one latency-bound chain per position) and the
-/// weighted sum keeps up to 64 output floats in registers across all positions instead of a
-/// load and store of `out` per position. Per position and per lane the operations and their
-/// order are unchanged, so the results are those of one position at a time, bit for bit.
-/// Measured (duet bench engine, stories110M q8_0, decode 1 seq, 1 thread, perf): attention was
-/// 20% of decode time before this. Tried and dropped (2026-11-28): one task per row over all
-/// its heads, position-major (each position's whole K and V rows read once, contiguous, for
-/// every head; the same bits): 32-sequence decode unchanged (620-651 vs 625-632 tok/s at 64-80
-/// positions, 428-457 vs 443-448 at 64-264), prefill 128 13% slower.
 /// What attention_avx2 and attention_rows_avx2 share: this head's K and V rows in each block of
 /// the table, looked up once per block, then walked (kv_cache::k_row divides the position by the
 /// block size, four times per position and head: measured, duet bench engine, stories110M q8_0,
 /// 1 thread, 32 sequences, old and new binaries alternated: 200 steps from 64 positions
 /// 439-445 -> 471-490 tok/s, 16 steps 647-661 -> 674-682; attention 36% -> 27% of samples).
 struct head_walk {
-  int hs, bt, nb, n_pos;
+  int hs, bt, nb;
   bool f16;
   std::ptrdiff_t head_bytes, row_bytes;
   const std::byte** kb; ///< [nb] this head's K in each block
@@ -489,7 +474,7 @@ struct head_walk {
   DUET_AVX2 head_walk(const kv_cache& kv, std::span<const std::int32_t> table, int layer,
                       int kv_head, int positions)
       : hs(kv.config().head_size), bt(kv.config().block_tokens), nb((positions + bt - 1) / bt),
-        n_pos(positions), f16(kv.config().type == dtype::f16),
+        f16(kv.config().type == dtype::f16),
         head_bytes(static_cast<std::ptrdiff_t>(hs) * (f16 ? 2 : 4)),
         row_bytes(static_cast<std::ptrdiff_t>(kv.row_bytes())) {
     thread_local std::vector<const std::byte*> bases; // [nb] K, then [nb] V
@@ -536,6 +521,17 @@ struct head_walk {
   }
 };
 
+/// AVX2 attention for head sizes that are a multiple of 8: the same two passes as the scalar
+/// version (scores, softmax, weighted sum of V), 8 lanes at a time. Scores run 4 positions at a
+/// time (4 independent FMA chains instead of one latency-bound chain per position) and the
+/// weighted sum keeps up to 64 output floats in registers across all positions instead of a
+/// load and store of `out` per position. Per position and per lane the operations and their
+/// order are unchanged, so the results are those of one position at a time, bit for bit.
+/// Measured (duet bench engine, stories110M q8_0, decode 1 seq, 1 thread, perf): attention was
+/// 20% of decode time before this. Tried and dropped (2026-11-28): one task per row over all
+/// its heads, position-major (each position's whole K and V rows read once, contiguous, for
+/// every head; the same bits): 32-sequence decode unchanged (620-651 vs 625-632 tok/s at 64-80
+/// positions, 428-457 vs 443-448 at 64-264), prefill 128 13% slower.
 DUET_AVX2 void attention_avx2(const float* q, const kv_cache& kv,
                               std::span<const std::int32_t> table, int layer, int kv_head,
                               int n_pos, float* att, float* out) {
@@ -620,10 +616,9 @@ DUET_AVX2 void attention_rows_avx2(const float* q, std::int64_t q_stride, const 
     const int common = n_pos0 + r0; // positions every row of this group attends to
     const float* qr[4];
     float* ar[4];
-    for (int r = 0; r < 4; ++r) {
-      const int rr = r0 + std::min(r, R - 1); // a short group repeats its last row (not stored)
-      qr[r] = q + rr * q_stride;
-      ar[r] = att + rr * att_stride;
+    for (int r = 0; r < R; ++r) {
+      qr[r] = q + (r0 + r) * q_stride;
+      ar[r] = att + (r0 + r) * att_stride;
     }
     int t = 0;
     if (R == 4) {
@@ -804,10 +799,11 @@ void softmax(float* x, int size) {
 }
 
 void silu_mul(float* h1, const float* h3, int size) {
+  int i = 0;
 #ifdef DUET_X86
-  if (use_simd()) return silu_mul_avx2(h1, h3, size);
+  if (use_simd()) i = silu_mul_avx2(h1, h3, size);
 #endif
-  for (int i = 0; i < size; ++i) {
+  for (; i < size; ++i) {
     float val = h1[i];
     val *= 1.0f / (1.0f + std::exp(-val)); // silu, as run.c
     h1[i] = val * h3[i];
