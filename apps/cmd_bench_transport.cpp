@@ -32,7 +32,7 @@ void setup_bench_transport(CLI::App& app) {
     opts->on_progress = nullptr; // the bar ends with this callback
     bar.finish("measured");
     const std::size_t env = bench::envelope_bytes();
-    fmt::print("{:<18} {:>10} {:>9} {:>10} {:>10} {:>9}  {}\n", "backend", "size", "GB/s", "p50 us",
+    fmt::print("{:<24} {:>5} {:>9} {:>10} {:>10} {:>9}  {}\n", "backend", "size", "GB/s", "p50 us",
                "p99 us", "vs base", "note");
     std::map<std::size_t, double> memcpy_gbps, raw_tcp_gbps, raw_ipc_gbps;
     for (const auto& p : points) {
@@ -53,11 +53,11 @@ void setup_bench_transport(CLI::App& app) {
       std::string size = p.bytes >= (1u << 20) ? fmt::format("{} MiB", p.bytes >> 20)
                                                : fmt::format("{} KiB", p.bytes >> 10);
       if (!p.note.empty() && p.gbps == 0) {
-        fmt::print("{:<18} {:>10} {:>9} {:>10} {:>10} {:>9}  {}\n", p.name, size, "-", "-", "-",
+        fmt::print("{:<24} {:>5} {:>9} {:>10} {:>10} {:>9}  {}\n", p.name, size, "-", "-", "-",
                    "-", p.note);
         continue;
       }
-      fmt::print("{:<18} {:>10} {:>9.2f} {:>10.1f} {:>10.1f} {:>9}  {}\n", p.name, size, p.gbps,
+      fmt::print("{:<24} {:>5} {:>9.2f} {:>10.1f} {:>10.1f} {:>9}  {}\n", p.name, size, p.gbps,
                  p.p50_us, p.p99_us, ratio, p.note);
     }
     fmt::print("envelope: {} bytes per segment = {:.3f}% of 64 KiB, {:.4f}% of 1 MiB\n", env,

@@ -9,7 +9,7 @@
 // Baselines. The two, printed as before and used for the "vs base" column:
 //   memcpy              the same bytes into one warm destination buffer, over and over
 //   raw zmq+tcp / +ipc  PAIR sockets, zero-copy sends, the receiver drops each message unread
-// Neither does what a transport must, so three more are printed next to them, each only
+// Neither does what a transport must, so four more are printed next to them, each only
 // when a backend it is for is measured; the backend's note gives its ratio to them:
 //   memcpy ring         the same bytes into successive slots of a ring the size of the
 //                       receive window the transports get here (max(4 x size, 16 MiB),
@@ -21,6 +21,9 @@
 //   raw zmq+tcp +xxh3   raw ZeroMQ whose receiver verifies each message's xxh3 before
 //                       dropping it, as every arrival must be verified (no envelope, no
 //                       credits: in flight is bounded only by ZeroMQ's high-water marks)
+//   raw zmq+tcp framed +xxh3
+//                       the same with each message sent as frames of 1 MiB and hashed frame
+//                       by frame, as zmq+tcp sends a payload over 1 MiB (sizes over 1 MiB)
 // The targets themselves are unchanged: fabric+shm vs memcpy, zmq vs raw zmq.
 
 #include <cstddef>

@@ -1,5 +1,6 @@
 #include "messages/kv_segment.hpp"
 
+#define XXH_STATIC_LINKING_ONLY // XXH3_state_t's layout, for checksum_xxh3_stream
 #include <xxhash.h>
 #if defined(__x86_64__) || defined(__i386__)
 #define DUET_XXH3_DISPATCH 1
@@ -61,6 +62,32 @@ std::uint64_t checksum_xxh3(std::span<const std::byte> bytes) {
 #else
   return XXH3_64bits(bytes.data(), bytes.size());
 #endif
+}
+
+struct checksum_xxh3_stream::state {
+  XXH3_state_t xxh;
+};
+
+checksum_xxh3_stream::checksum_xxh3_stream() : state_(std::make_unique<state>()) {
+  reset();
+}
+
+checksum_xxh3_stream::~checksum_xxh3_stream() = default;
+
+void checksum_xxh3_stream::reset() {
+  (void)XXH3_64bits_reset(&state_->xxh);
+}
+
+void checksum_xxh3_stream::update(std::span<const std::byte> bytes) {
+#ifdef DUET_XXH3_DISPATCH
+  (void)XXH3_64bits_update_dispatch(&state_->xxh, bytes.data(), bytes.size());
+#else
+  (void)XXH3_64bits_update(&state_->xxh, bytes.data(), bytes.size());
+#endif
+}
+
+std::uint64_t checksum_xxh3_stream::digest() const {
+  return XXH3_64bits_digest(&state_->xxh);
 }
 
 } // namespace duet::messages

@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <span>
 #include <string>
@@ -46,5 +47,25 @@ std::string kv_header_problem(const kv_segment_header& h);
 
 /// XXH3-64 of bytes (the checksum every KV segment carries).
 std::uint64_t checksum_xxh3(std::span<const std::byte> bytes);
+
+/// XXH3-64 of bytes that come in pieces (a payload copied frame by frame): digest() is
+/// checksum_xxh3 of the pieces' concatenation. Hashing each piece right after copying it reads
+/// it from cache instead of memory.
+class checksum_xxh3_stream {
+public:
+  checksum_xxh3_stream();
+  ~checksum_xxh3_stream();
+  checksum_xxh3_stream(const checksum_xxh3_stream&) = delete;
+  checksum_xxh3_stream& operator=(const checksum_xxh3_stream&) = delete;
+
+  /// Starts again from no bytes.
+  void reset();
+  void update(std::span<const std::byte> bytes);
+  std::uint64_t digest() const;
+
+private:
+  struct state;
+  std::unique_ptr<state> state_;
+};
 
 } // namespace duet::messages

@@ -18,21 +18,30 @@ error arrival_checker::reject(counters& stats, errc code, std::string context) {
   return fail(code, std::move(context));
 }
 
-result<void> arrival_checker::check(std::uint64_t stream_id, const messages::kv_envelope& e,
-                                    std::span<const std::byte> payload, counters& stats) {
-  const auto& h = e.header;
+errc arrival_checker::advance_sequence(std::uint64_t stream_id, const messages::kv_envelope& e,
+                                       std::uint64_t& expected) {
   // The sequence advances for every arrival, damaged or not: a damaged segment was still
   // received, so the next one is not "out of order".
-  errc order = errc::ok;
-  auto [it, fresh] = next_sequence_.try_emplace(stream_id, 0);
-  std::uint64_t expected = it->second;
-  if (e.sequence < expected) {
-    order = errc::duplicate;
-  } else {
-    if (e.sequence > expected) order = errc::out_of_order;
-    it->second = e.sequence + 1;
-  }
-  (void)fresh;
+  auto it = next_sequence_.try_emplace(stream_id, 0).first;
+  expected = it->second;
+  if (e.sequence < expected) return errc::duplicate;
+  it->second = e.sequence + 1;
+  return e.sequence > expected ? errc::out_of_order : errc::ok;
+}
+
+error arrival_checker::reject_arrival(std::uint64_t stream_id, const messages::kv_envelope& e,
+                                      errc code, std::string context, counters& stats) {
+  std::uint64_t expected = 0;
+  (void)advance_sequence(stream_id, e, expected);
+  return reject(stats, code, describe(e.header) + ": " + std::move(context));
+}
+
+result<void> arrival_checker::check(std::uint64_t stream_id, const messages::kv_envelope& e,
+                                    std::span<const std::byte> payload, counters& stats,
+                                    std::optional<std::uint64_t> payload_xxh3) {
+  const auto& h = e.header;
+  std::uint64_t expected = 0;
+  const errc order = advance_sequence(stream_id, e, expected);
 
   if (h.payload_bytes > opts_.segment_bytes_max || payload.size() > opts_.segment_bytes_max)
     return reject(stats, errc::oversized,
@@ -46,7 +55,7 @@ result<void> arrival_checker::check(std::uint64_t stream_id, const messages::kv_
     return reject(stats, errc::truncated,
                   describe(h) + ": " + std::to_string(payload.size()) +
                       " payload bytes arrived, header says " + std::to_string(h.payload_bytes));
-  if (messages::checksum_xxh3(payload) != h.checksum_xxh3)
+  if ((payload_xxh3 ? *payload_xxh3 : messages::checksum_xxh3(payload)) != h.checksum_xxh3)
     return reject(stats, errc::corrupt,
                   describe(h) + ": xxh3 of the payload differs from the header's");
   if (order == errc::duplicate)

@@ -1,35 +1,39 @@
 // zmq+tcp:// and zmq+ipc:// — a ROUTER socket on the receiver, a DEALER per sender.
 //
 // Frames of a stream (Cap'n Proto TransportFrame, flat):
-//   sender -> receiver: [hello] once, then per segment [envelope (nextFrame)] [payload bytes]
+//   sender -> receiver: [hello] once, then per segment [envelope (nextFrame)] [payload bytes]...
 //   receiver -> sender: [credit] (first one carries window and segment_bytes_max)
+// The payload goes as one or more frames of at most payload_frame_bytes (a receiver takes any
+// number; their sizes add up to the payload).
 // Copies of the payload: sender 0 (zmq::message_t(ptr, len, free_fn) hands our buffer to
-// libzmq), receiver 0 for frames libzmq allocates on their own (large ones; the buffer keeps
-// the zmq message alive), 1 for small frames that sit misaligned in libzmq's batch buffer.
-// The kernel copies (socket write, socket read) are the transport's.
+// libzmq, frame by frame). Receiver: a payload under pool_copy_min_bytes in one frame keeps the
+// libzmq frame as its storage (0 copies; 1 where the frame sits misaligned in libzmq's batch
+// buffer); a larger one is copied frame by frame into a buffer of a receive_pool and hashed
+// while the frame is in cache, and each libzmq frame is freed at once. The kernel copies
+// (socket write, socket read) are the transport's.
 //
-// Measured (duet bench transport --backends fabric+shm zmq+tcp, loaded 2-core VM; before 3
-// runs, after 4, after = the dispatching xxh3, now messages::checksum_xxh3): 1 MiB
-// 2.3-2.7 -> 3.8-5.5 GB/s (raw ZeroMQ 6.7-7.9: 56-73%), 16 MiB 0.54-1.05 -> 0.83-1.30 GB/s
-// (raw 1.5-2.6). What is left at 16 MiB is libzmq's receive memory, not the envelope or the
-// credits: libzmq mallocs every large frame; a receiver that verifies a frame before dropping
-// it holds it while the I/O thread allocates the next, and glibc trims and re-maps that memory
-// (a page fault costs ~13 us on this VM). Raw ZeroMQ whose receiver verifies xxh3 collapses the
-// same way (0.67-0.74 GB/s; "raw zmq+tcp +xxh3" in the benchmark). libzmq 4.3 takes no receive
-// allocator, and mallopt would be process-wide (docs/messages.md, Throughput, has the
-// GLIBC_TUNABLES that help a receiving process, and what they cost raw ZeroMQ).
-
+// Why a copy beats holding libzmq's frames for large payloads: libzmq mallocs every large frame
+// it receives, and a receiver that holds frames while the consumer works on them makes the I/O
+// thread allocate fresh memory for the next ones, which glibc maps and trims again (a page
+// fault costs ~13 us on this VM). A frame freed right after its copy is the memory the next
+// frame gets, still mapped and in cache; the pool's buffers stay mapped too. Frames of at most
+// 1 MiB keep libzmq's allocations at one size for every segment size. Measured (duet bench
+// transport --backends zmq+tcp, this 2-core VM, old and new binaries alternated): see
+// docs/messages.md, Throughput.
 #include "transport/arrival_checker.hpp"
 #include "transport/backends.hpp"
+#include "transport/receive_pool.hpp"
 #include "transport/sender_common.hpp"
 
 #include <zmq.hpp>
 
 #include <sched.h>
 
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <thread>
 
@@ -42,6 +46,11 @@ namespace {
 constexpr long credit_poll_slice_ms = 1;
 // How long a closing socket may still push queued frames (after flush() there are none).
 constexpr int linger_ms = 200;
+// The largest payload frame a sender makes (a larger payload goes as several).
+constexpr std::size_t payload_frame_bytes = std::size_t{1} << 20;
+// From this size on (or when it came in several frames) a payload is copied into a pooled
+// buffer instead of holding libzmq's frame. Below it, holding measured as fast as raw ZeroMQ.
+constexpr std::size_t pool_copy_min_bytes = std::size_t{256} << 10;
 
 /// One ZeroMQ context (one I/O thread) for every duet endpoint of the process, as ZeroMQ
 /// recommends. A context per endpoint put two I/O threads next to the two callers on 2 cores:
@@ -234,26 +243,51 @@ private:
     if (env->placement != messages::payload_placement::next_frame)
       return arrival_checker::reject(
           stats_, errc::malformed, address_ + ": zmq segments carry the payload as the next frame");
-    if (parts.size() != 3)
-      return arrival_checker::reject(stats_, parts.size() < 3 ? errc::truncated : errc::malformed,
-                                     address_ + ": segment has " +
-                                         std::to_string(parts.size() - 1) +
-                                         " frames, expected envelope + payload");
-    // Keep the zmq frame as the payload's storage (no copy) unless it is misaligned.
-    auto& payload_msg = parts[2];
-    const std::size_t n = payload_msg.size();
+    if (parts.size() < 3)
+      return arrival_checker::reject(stats_, errc::truncated,
+                                     address_ + ": segment envelope without payload frames");
+    std::size_t n = 0;
+    for (std::size_t i = 2; i < parts.size(); ++i) n += parts[i].size();
+    auto& st = *it->second;
+    if (n > opts_.segment_bytes_max) { // not copied anywhere: its credit goes back at once
+      st.unreturned_bytes += n;
+      st.released_bytes.fetch_add(n);
+      return checker_.reject_arrival(st.stream_id, *env, errc::oversized,
+                                     std::to_string(n) +
+                                         " payload bytes exceed segment_bytes_max " +
+                                         std::to_string(opts_.segment_bytes_max),
+                                     stats_);
+    }
     std::shared_ptr<void> storage;
     std::byte* data = nullptr;
-    if (reinterpret_cast<std::uintptr_t>(payload_msg.data()) % 8 == 0) {
-      auto held = std::make_shared<zmq::message_t>(std::move(payload_msg));
+    std::optional<std::uint64_t> xxh3;
+    auto& first = parts[2];
+    if (parts.size() == 3 && n < pool_copy_min_bytes &&
+        reinterpret_cast<std::uintptr_t>(first.data()) % 8 == 0) {
+      // Keep the zmq frame as the payload's storage (no copy).
+      auto held = std::make_shared<zmq::message_t>(std::move(first));
       data = static_cast<std::byte*>(held->data());
       storage = std::move(held);
-    } else {
-      auto copy = buffer::copy_of(view(payload_msg));
+    } else if (parts.size() == 3 && n < pool_copy_min_bytes) {
+      auto copy = buffer::copy_of(view(first));
       data = copy.data();
       storage = copy.release_owner();
+    } else {
+      auto lease = pool_->take(n);
+      data = lease.data;
+      storage = std::move(lease.owner);
+      hash_.reset();
+      std::size_t at = 0;
+      for (std::size_t i = 2; i < parts.size(); ++i) {
+        const std::size_t size = parts[i].size();
+        if (size != 0) std::memcpy(data + at, parts[i].data(), size);
+        hash_.update({data + at, size});
+        parts[i].rebuild(); // the frame's memory back to libzmq's allocator now
+        at += size;
+      }
+      xxh3 = hash_.digest();
     }
-    it->second->unreturned_bytes += n;
+    st.unreturned_bytes += n;
     outstanding_buffers_->fetch_add(1);
     std::shared_ptr<void> credit_owner(data,
                                        [storage = std::move(storage), st = it->second,
@@ -263,7 +297,7 @@ private:
                                          outstanding->fetch_sub(1);
                                        });
     buffer payload = buffer::share(std::move(credit_owner), data, n);
-    auto ok = checker_.check(it->second->stream_id, *env, payload.bytes(), stats_);
+    auto ok = checker_.check(st.stream_id, *env, payload.bytes(), stats_, xxh3);
     if (!ok) return ok.err();
     return segment{env->header, std::move(payload)};
   }
@@ -277,6 +311,9 @@ private:
   std::map<std::string, std::shared_ptr<zmq_stream>> streams_;
   std::shared_ptr<std::atomic<std::int64_t>> outstanding_buffers_ =
       std::make_shared<std::atomic<std::int64_t>>(0);
+  // Idle buffers up to one window: as many as the senders may fill before credit comes back.
+  std::shared_ptr<receive_pool> pool_ = receive_pool::make(opts_.window_bytes);
+  messages::checksum_xxh3_stream hash_;
 };
 
 /// What libzmq holds while it sends a zero-copy payload frame.
@@ -351,12 +388,18 @@ public:
       auto owner = seg.payload.release_owner();
       sock_.set(zmq::sockopt::sndtimeo, static_cast<int>(std::max(1L, remaining_ms(deadline))));
       for (int i = 0; i < copies; ++i) {
-        pending_->fetch_add(1);
-        zmq::message_t payload(data, n, &zmq_release, new zmq_hold{owner, pending_});
-        if (!sock_.send(zmq::message_t(envelope.data(), envelope.size()),
-                        zmq::send_flags::sndmore) ||
-            !sock_.send(std::move(payload), zmq::send_flags::none))
+        if (!sock_.send(zmq::message_t(envelope.data(), envelope.size()), zmq::send_flags::sndmore))
           return fail(errc::timeout, name_ + ": socket would not take the segment in time");
+        std::size_t at = 0;
+        do { // at least one frame, even for an empty payload
+          const std::size_t size = std::min(payload_frame_bytes, n - at);
+          pending_->fetch_add(1);
+          zmq::message_t frame(data + at, size, &zmq_release, new zmq_hold{owner, pending_});
+          at += size;
+          if (!sock_.send(std::move(frame),
+                          at < n ? zmq::send_flags::sndmore : zmq::send_flags::none))
+            return fail(errc::timeout, name_ + ": socket would not take the segment in time");
+        } while (at < n);
         credit_ -= n;
       }
     } catch (const zmq::error_t& e) {

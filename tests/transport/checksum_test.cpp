@@ -33,3 +33,26 @@ TEST_CASE("the segment checksum equals the portable XXH3_64bits for every length
     REQUIRE(messages::checksum_xxh3(s) == XXH3_64bits(s.data(), s.size()));
   }
 }
+
+TEST_CASE("the checksum over pieces equals the checksum of their concatenation") {
+  std::uint64_t seed = std::random_device{}();
+  if (const char* env = std::getenv("DUET_TEST_SEED")) seed = std::strtoull(env, nullptr, 10);
+  INFO("seed " << seed << " (set DUET_TEST_SEED to replay)");
+  std::mt19937_64 rng(seed);
+  std::vector<std::byte> bytes((std::size_t{3} << 20) + 17);
+  for (auto& b : bytes) b = static_cast<std::byte>(rng());
+  messages::checksum_xxh3_stream stream;
+  for (int round = 0; round < 20; ++round) {
+    const std::size_t n = round == 0 ? 0 : rng() % bytes.size();
+    std::span<const std::byte> all(bytes.data(), n);
+    stream.reset();
+    std::size_t at = 0;
+    while (at < n) { // pieces of 0 to 1 MiB, as frames may be
+      const std::size_t piece = std::min<std::size_t>(n - at, rng() % ((1 << 20) + 1));
+      stream.update(all.subspan(at, piece));
+      at += piece;
+    }
+    INFO("length " << n);
+    CHECK(stream.digest() == messages::checksum_xxh3(all));
+  }
+}
