@@ -94,7 +94,8 @@ engine_bench_result run_engine_bench(const engine_bench_options& o) {
   res.rounds = std::max(1, o.rounds);
   res.weight_bytes_per_token = w.decode_bytes_per_token();
   report("measuring read bandwidth");
-  res.read_gbps = measure_read_gbps(o.bandwidth_bytes, o.threads);
+  res.read_bytes = o.bandwidth_bytes != 0 ? o.bandwidth_bytes : res.weight_bytes_per_token;
+  res.read_gbps = measure_read_gbps(res.read_bytes, o.threads);
   report("measuring FMA peak");
   res.peak_gflops = measure_fma_gflops(o.threads);
   if (res.weight_types == "q8_0") res.int8_gops = measure_int8_gops(o.threads);
@@ -208,8 +209,9 @@ std::string format_engine_bench(const engine_bench_result& r) {
                      static_cast<double>(r.resident_bytes) / 1e6,
                      static_cast<double>(r.model_file_bytes) / 1e6,
                      static_cast<double>(r.kv_pool_bytes) / 1e6));
-  line(fmt::format("read bandwidth   {:.2f} GB/s ({} threads, measured now)", r.read_gbps,
-                   r.threads));
+  line(fmt::format("read bandwidth   {:.2f} GB/s ({} threads, reading {:.1f} MB over and over: "
+                   "a decode step's bytes, measured now)",
+                   r.read_gbps, r.threads, static_cast<double>(r.read_bytes) / 1e6));
   double roof = r.roofline_tokens_per_s();
   line(fmt::format("roofline         {:.2f} tok/s single-sequence decode (bandwidth / bytes)",
                    roof));

@@ -18,17 +18,27 @@ double seconds_since(clock_type::time_point start) {
 }
 
 // Sums 64-bit words so the compiler cannot drop the loads; the result is kept in a volatile.
-std::uint64_t sum_words(const std::uint64_t* p, std::size_t n) {
-  std::uint64_t a = 0, b = 0, c = 0, d = 0;
-  std::size_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    a += p[i];
-    b += p[i + 1];
-    c += p[i + 2];
-    d += p[i + 3];
-  }
-  for (; i < n; ++i) a += p[i];
-  return a + b + c + d;
+// The words go as `Streams` equal parts read side by side, a 64-byte line of each per step;
+// `prefetch_ahead` (bytes, 0: none) adds a software prefetch per line that far ahead, as the
+// engine's kernels do. With one thread on a server part the hardware prefetchers alone keep
+// too few lines in flight: on this VM's Xeon, reading 116 MB, one stream 8.9-9.2 GB/s, with a
+// 4 KiB prefetch 16.8-18.3, four streams with it 17.1-18.8 (a scratch program, 3 runs).
+template <int Streams>
+std::uint64_t sum_words(const std::uint64_t* p, std::size_t n, std::size_t prefetch_ahead) {
+  std::uint64_t acc[Streams][8] = {};
+  const std::size_t per = n / Streams / 8 * 8; // words per stream, whole lines
+  const std::size_t ahead = prefetch_ahead / sizeof(std::uint64_t);
+  for (std::size_t i = 0; i < per; i += 8)
+    for (int s = 0; s < Streams; ++s) {
+      const std::uint64_t* q = p + static_cast<std::size_t>(s) * per + i;
+      if (ahead != 0) __builtin_prefetch(q + ahead, 0, 3);
+      for (int k = 0; k < 8; ++k) acc[s][k] += q[k];
+    }
+  std::uint64_t total = 0;
+  for (std::size_t i = per * Streams; i < n; ++i) total += p[i];
+  for (const auto& a : acc)
+    for (std::uint64_t v : a) total += v;
+  return total;
 }
 
 } // namespace
@@ -52,22 +62,28 @@ double measure_read_gbps(std::size_t bytes, int threads, int repeats) {
   std::vector<std::uint64_t> data(words, 1);
   volatile std::uint64_t sink = 0;
   double best = 1e30;
-  for (int r = 0; r < repeats + 1; ++r) {
-    std::vector<std::uint64_t> partial(static_cast<std::size_t>(threads), 0);
-    auto start = clock_type::now();
-    std::vector<std::thread> pool;
-    std::size_t per = words / static_cast<std::size_t>(threads);
-    for (int t = 0; t < threads; ++t) {
-      std::size_t begin = per * static_cast<std::size_t>(t);
-      std::size_t n = (t == threads - 1) ? words - begin : per;
-      pool.emplace_back([&, t, begin, n] {
-        partial[static_cast<std::size_t>(t)] = sum_words(data.data() + begin, n);
-      });
+  // The best pass of any way of reading: the baseline is what a reader can get.
+  for (int way = 0; way < 4; ++way) {
+    const std::size_t prefetch = way % 2 == 0 ? 0 : 4096;
+    for (int r = 0; r < repeats + 1; ++r) {
+      std::vector<std::uint64_t> partial(static_cast<std::size_t>(threads), 0);
+      auto start = clock_type::now();
+      std::vector<std::thread> pool;
+      std::size_t per = words / static_cast<std::size_t>(threads);
+      for (int t = 0; t < threads; ++t) {
+        std::size_t begin = per * static_cast<std::size_t>(t);
+        std::size_t n = (t == threads - 1) ? words - begin : per;
+        pool.emplace_back([&, t, begin, n] {
+          partial[static_cast<std::size_t>(t)] =
+              way < 2 ? sum_words<1>(data.data() + begin, n, prefetch)
+                      : sum_words<4>(data.data() + begin, n, prefetch);
+        });
+      }
+      for (auto& th : pool) th.join();
+      double s = seconds_since(start);
+      if (r > 0) best = std::min(best, s); // the first pass warms the pages and caches
+      for (auto v : partial) sink = sink + v;
     }
-    for (auto& th : pool) th.join();
-    double s = seconds_since(start);
-    if (r > 0) best = std::min(best, s); // the first pass warms the pages
-    for (auto v : partial) sink = sink + v;
   }
   return static_cast<double>(words * sizeof(std::uint64_t)) / best / 1e9;
 }
