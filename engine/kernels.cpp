@@ -744,7 +744,7 @@ void matmul_input::quantize_rows(int t_begin, int t_end) {
   for (std::int64_t i = t_begin * blocks; i < t_end * blocks; ++i) {
     std::int32_t sum = 0;
     for (int k = 0; k < 32; ++k) sum += q8_[static_cast<std::size_t>(i)].qs[k];
-    q8_bias_[static_cast<std::size_t>(i)] = 128 * sum;
+    q8_bias_[static_cast<std::size_t>(i)] = -128 * sum;
   }
 }
 

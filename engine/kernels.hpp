@@ -89,7 +89,8 @@ public:
   std::int64_t cols() const { return cols_; }
   bool quantized() const { return quantized_; }
   const q8_activation_block* q8() const { return q8_.data(); }
-  /// [n][cols / 32]: 128 * the sum of the block's qs.
+  /// [n][cols / 32]: -128 * the sum of the block's qs, where a VNNI dot product with the
+  /// weights stored unsigned (w + 128) starts.
   const std::int32_t* q8_bias() const { return q8_bias_.data(); }
 
 private:
