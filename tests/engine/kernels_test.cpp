@@ -349,9 +349,12 @@ TEST_CASE("attention over the paged cache matches a scalar reference for f32 and
   INFO("seed " << test_seed());
   std::normal_distribution<float> dist(0.0f, 1.0f);
   auto type = GENERATE(dtype::f32, dtype::f16);
-  // 8: one register; 64: the AVX2 path's 8-register output chunk; 136: two chunks and a tail
-  const int hs = GENERATE(8, 64, 136);
-  auto level = GENERATE(kernels::simd::scalar, kernels::simd::avx2);
+  // 8: one register; 64: the AVX2 path's 8-register output chunk; 136: two chunks and a tail;
+  // 144: the 512-bit weighted sum's two chunks and a one-register tail
+  const int hs = GENERATE(8, 64, 136, 144);
+  // avx512vnni: the weighted sum of V in 512-bit registers where the head size allows (on a
+  // CPU without AVX-512 this runs the AVX2 path again)
+  auto level = GENERATE(kernels::simd::scalar, kernels::simd::avx2, kernels::simd::avx512_vnni);
   kernels::set_simd_limit(level);
   INFO(dtype_name(type) << " head_size " << hs << " " << kernels::simd_level());
   kv_cache_config c;
@@ -409,6 +412,16 @@ TEST_CASE("attention over the paged cache matches a scalar reference for f32 and
         ref += sc[static_cast<std::size_t>(p)] / sum *
                v[static_cast<std::size_t>(p * kvd + head * hs + i)];
       CHECK(std::abs(out[static_cast<std::size_t>(i)] - ref) <= 1e-5);
+    }
+    if (level == kernels::simd::avx512_vnni) { // the same bits as in 256-bit registers
+      std::vector<float> narrow(out.size());
+      kernels::set_simd_limit(kernels::simd::avx2);
+      kernels::attention(q.data(), kv, table, layer, head, n_pos, att.data(), narrow.data());
+      kernels::set_simd_limit(level);
+      for (int i = 0; i < hs; ++i) {
+        INFO("head " << head << " value " << i);
+        REQUIRE(out[static_cast<std::size_t>(i)] == narrow[static_cast<std::size_t>(i)]);
+      }
     }
   }
   // attention_rows (prefill's kernel): 7 query rows at consecutive positions (a group of 4 and a
