@@ -9,6 +9,7 @@
 #include <catch2/catch.hpp>
 #include <zmq.hpp>
 
+#include <memory>
 #include <vector>
 
 using namespace duet;
@@ -55,15 +56,21 @@ struct raw_sender {
   }
 };
 
+/// A zmq+tcp receiver on an ephemeral port with these limits.
+std::unique_ptr<receiver> listen_zmq(std::size_t segment_bytes_max, std::size_t window_bytes) {
+  options opts;
+  opts.segment_bytes_max = segment_bytes_max;
+  opts.window_bytes = window_bytes;
+  auto rx = listen("zmq+tcp://127.0.0.1:0", opts);
+  REQUIRE(rx.ok());
+  return std::move(*rx);
+}
+
 } // namespace
 
 TEST_CASE("zmq: a payload split over frames of any sizes arrives byte-identical") {
-  options opts;
-  opts.segment_bytes_max = 4 << 20;
-  opts.window_bytes = 16 << 20;
-  auto rx = listen("zmq+tcp://127.0.0.1:0", opts);
-  REQUIRE(rx.ok());
-  raw_sender tx((*rx)->address());
+  auto rx = listen_zmq(4 << 20, 16 << 20);
+  raw_sender tx(rx->address());
   struct split {
     std::size_t bytes;
     std::vector<std::size_t> cuts;
@@ -79,7 +86,7 @@ TEST_CASE("zmq: a payload split over frames of any sizes arrives byte-identical"
     INFO("segment " << i);
     auto seg = test::pattern_segment(5, i, splits[i].bytes);
     tx.send_split(seg, splits[i].cuts);
-    auto got = (*rx)->recv(10s);
+    auto got = rx->recv(10s);
     REQUIRE(got.ok());
     CHECK(got->payload.size() == splits[i].bytes);
     CHECK(test::matches_pattern(got->payload.bytes(), 5, i));
@@ -87,25 +94,21 @@ TEST_CASE("zmq: a payload split over frames of any sizes arrives byte-identical"
 }
 
 TEST_CASE("zmq: frames that add up to more than segment_bytes_max are refused as oversized") {
-  options opts;
-  opts.segment_bytes_max = 1 << 20;
-  opts.window_bytes = 4 << 20;
-  auto rx = listen("zmq+tcp://127.0.0.1:0", opts);
-  REQUIRE(rx.ok());
-  raw_sender tx((*rx)->address());
+  auto rx = listen_zmq(1 << 20, 4 << 20);
+  raw_sender tx(rx->address());
   // Each frame is within the limit libzmq enforces per frame; together they are not. The
   // header claims an allowed size (a header over the limit is refused with its envelope).
   auto big = test::pattern_segment(6, 0, 2 << 20);
   big.header = test::pattern_header(6, 0, 1 << 20);
   tx.send_split(big, {512 << 10, 1 << 20, (3 << 20) / 2});
-  auto refused = (*rx)->recv(10s);
+  auto refused = rx->recv(10s);
   REQUIRE_FALSE(refused.ok());
   CHECK(refused.code() == errc::oversized);
-  CHECK((*rx)->stats().rejected_for(errc::oversized) == 1);
+  CHECK(rx->stats().rejected_for(errc::oversized) == 1);
   // The stream goes on: the next segment arrives.
   auto next = test::pattern_segment(6, 1, 64 << 10);
   tx.send_split(next, {1000});
-  auto got = (*rx)->recv(10s);
+  auto got = rx->recv(10s);
   INFO((got.ok() ? std::string() : got.err().to_string())); // in order: no sequence skipped
   REQUIRE(got.ok());
   CHECK(test::matches_pattern(got->payload.bytes(), 6, 1));
