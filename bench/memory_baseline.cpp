@@ -21,8 +21,8 @@ double seconds_since(clock_type::time_point start) {
 // The words go as `Streams` equal parts read side by side, a 64-byte line of each per step;
 // `prefetch_ahead` (bytes, 0: none) adds a software prefetch per line that far ahead, as the
 // engine's kernels do. With one thread on a server part the hardware prefetchers alone keep
-// too few lines in flight: on this VM's Xeon, reading 116 MB, one stream 8.9-9.2 GB/s, with a
-// 4 KiB prefetch 16.8-18.3, four streams with it 17.1-18.8 (a scratch program, 3 runs).
+// too few lines in flight: on the Xeon VM of 2026-11-29, reading 116 MB, one stream 8.9-9.2 GB/s,
+// with a 4 KiB prefetch 16.8-18.3, four streams with it 17.1-18.8 (a scratch program, 3 runs).
 template <int Streams>
 std::uint64_t sum_words(const std::uint64_t* p, std::size_t n, std::size_t prefetch_ahead) {
   std::uint64_t acc[Streams][8] = {};

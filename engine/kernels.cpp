@@ -564,8 +564,8 @@ DUET_AVX512F inline __m512 load16(const head_walk& w, const std::byte* base, int
 /// chunk's group of rows); each row's later positions follow on their own. Per row and output
 /// float the same FMA sequence over the positions as weighted_v (the lanes are independent),
 /// so the same bits, and half the instructions of 256-bit registers. Measured (duet bench engine,
-/// stories110M q8_0, 1 thread, this VM's Xeon, old and new alternated 3 times): prefill 512
-/// 707-863 -> 878-986 tok/s; 32-sequence decode (one row, V from memory) unchanged.
+/// stories110M q8_0, 1 thread, the Xeon VM of 2026-11-29, old and new alternated 3 times): prefill
+/// 512 707-863 -> 878-986 tok/s; 32-sequence decode (one row, V from memory) unchanged.
 template <int R>
 DUET_AVX512F void weighted_v_rows_avx512(const head_walk& w, const float* const* att, int common,
                                          float* const* out) {

@@ -234,8 +234,8 @@ DUET_Q8_TARGET void packed_pair(const std::uint8_t* g0, const std::uint8_t* g1, 
     // values, in that order in the code (the chain starts from xbias). Integer sums are exact,
     // so the order changes no bit. Before: two chains per token, token after token, then an add
     // and a subtract of the bias. Measured (a scratch program timing kernels::matmul on a
-    // stories110M q8_0 layer, 128 tokens, best of 300, old and new alternated 3 times, this
-    // VM's Xeon, 1 thread): 342-357 -> 393-406 GOP/s (the int8 peak: ~575). A single chain per
+    // stories110M q8_0 layer, 128 tokens, best of 300, old and new alternated 3 times, the Xeon
+    // VM of 2026-11-29, 1 thread): 342-357 -> 393-406 GOP/s (int8 peak ~575). A single chain per
     // token in the old order measured 312 (the chains' latency showed), and loading each wv[k]
     // only where it is used 260-373.
     __m512i isum[NT];
