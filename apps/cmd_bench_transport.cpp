@@ -53,8 +53,8 @@ void setup_bench_transport(CLI::App& app) {
       std::string size = p.bytes >= (1u << 20) ? fmt::format("{} MiB", p.bytes >> 20)
                                                : fmt::format("{} KiB", p.bytes >> 10);
       if (!p.note.empty() && p.gbps == 0) {
-        fmt::print("{:<24} {:>5} {:>9} {:>10} {:>10} {:>9}  {}\n", p.name, size, "-", "-", "-",
-                   "-", p.note);
+        fmt::print("{:<24} {:>5} {:>9} {:>10} {:>10} {:>9}  {}\n", p.name, size, "-", "-", "-", "-",
+                   p.note);
         continue;
       }
       fmt::print("{:<24} {:>5} {:>9.2f} {:>10.1f} {:>10.1f} {:>9}  {}\n", p.name, size, p.gbps,
