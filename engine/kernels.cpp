@@ -188,7 +188,8 @@ DUET_AVX2 inline float hsum(__m256 v) {
 /// bits: a score is the same float whichever of the two computed it. 21 instructions for 8 sums
 /// instead of 8 x 5 plus 8 scalar divisions after it (one vector division instead). With the
 /// 512-bit weighted sum of V, attention's share of a 512-token prefill fell from 71% to 49% of
-/// the matmuls' (perf, 1 thread); this step alone was not measurable end to end on this VM.
+/// the matmuls' (perf, 1 thread); this step alone was not measurable end to end on the Xeon VM
+/// of 2026-11-29.
 DUET_AVX2 inline __m256 hsum8(const __m256* v) {
   __m256 pair[4]; // [v[2k] halves summed, v[2k+1] halves summed]
   DUET_UNROLL
@@ -575,8 +576,10 @@ DUET_AVX512F void weighted_v_rows_avx512(const head_walk& w, const float* const*
     const int lanes = std::min(chunk, w.hs - c) / 16;
     __m512 acc[R][chunk / 16];
     DUET_UNROLL
-    for (int r = 0; r < R; ++r) DUET_UNROLL
-    for (int m = 0; m < chunk / 16; ++m) acc[r][m] = _mm512_setzero_ps();
+    for (int r = 0; r < R; ++r) {
+      DUET_UNROLL
+      for (int m = 0; m < chunk / 16; ++m) acc[r][m] = _mm512_setzero_ps();
+    }
     for (int b = 0; b * w.bt < common; ++b) {
       const int b0 = b * w.bt, end = std::min(common, b0 + w.bt);
       const std::byte* v = w.vb[b] + c * elem;
@@ -628,16 +631,16 @@ DUET_AVX2 void weighted_v_rows(const head_walk& w, const float* const* att, int 
 }
 
 /// AVX2 attention for head sizes that are a multiple of 8: the same two passes as the scalar
-/// version (scores, softmax, weighted sum of V), 8 lanes at a time. Scores run 4 positions at a
-/// time (4 independent FMA chains instead of one latency-bound chain per position) and the
-/// weighted sum keeps up to 64 output floats in registers across all positions instead of a
-/// load and store of `out` per position. Per position and per lane the operations and their
-/// order are unchanged, so the results are those of one position at a time, bit for bit.
-/// Measured (duet bench engine, stories110M q8_0, decode 1 seq, 1 thread, perf): attention was
-/// 20% of decode time before this. Tried and dropped (2026-11-28): one task per row over all
-/// its heads, position-major (each position's whole K and V rows read once, contiguous, for
-/// every head; the same bits): 32-sequence decode unchanged (620-651 vs 625-632 tok/s at 64-80
-/// positions, 428-457 vs 443-448 at 64-264), prefill 128 13% slower.
+/// version (scores, softmax, weighted sum of V), 8 lanes at a time. Scores run 8 positions at a
+/// time (8 independent FMA chains instead of one latency-bound chain per position, reduced
+/// together by hsum8) and the weighted sum keeps up to 64 output floats in registers across
+/// all positions instead of a load and store of `out` per position (weighted_v_rows). Per position
+/// and per lane the operations and their order are unchanged, so the results are those of one
+/// position at a time, bit for bit. Measured (duet bench engine, stories110M q8_0, decode 1 seq, 1
+/// thread, perf): attention was 20% of decode time before this. Tried and dropped (2026-11-28): one
+/// task per row over all its heads, position-major (each position's whole K and V rows read once,
+/// contiguous, for every head; the same bits): 32-sequence decode unchanged (620-651 vs 625-632
+/// tok/s at 64-80 positions, 428-457 vs 443-448 at 64-264), prefill 128 13% slower.
 DUET_AVX2 void attention_avx2(const float* q, const kv_cache& kv,
                               std::span<const std::int32_t> table, int layer, int kv_head,
                               int n_pos, float* att, float* out) {
@@ -703,8 +706,9 @@ DUET_AVX2 void attention_avx2(const float* q, const kv_cache& kv,
 
 /// attention_rows for up to 4 rows at a time: the scores of 4 rows x 2 positions per step (8
 /// FMA chains; each K load serves 4 rows, each query load 2 positions); the positions only the
-/// later rows see (causal) one row at a time. Per (row, position) the same FMA chain and hsum
-/// as attention_avx2, so the same bits.
+/// later rows see (causal) one row at a time. Per (row, position) the same FMA chain and the
+/// same additions to reduce it (hsum8 or hsum) as attention_avx2, so the same bits; the weighted
+/// sums of V go through weighted_v_rows for the group.
 DUET_AVX2 void attention_rows_avx2(const float* q, std::int64_t q_stride, const kv_cache& kv,
                                    std::span<const std::int32_t> table, int layer, int kv_head,
                                    int n_pos0, int rows, float* att, std::int64_t att_stride,
