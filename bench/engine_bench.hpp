@@ -56,6 +56,7 @@ struct engine_bench_result {
   int rounds = 1;                         ///< timings per prefill / decode figure
   std::size_t weight_bytes_per_token = 0; ///< bytes one decode step reads (model_weights)
   double matmul_flop_per_token = 0.0;     ///< 2 x the weights of every matmul
+  double classifier_flop = 0.0;           ///< the classifier's share of that
   double read_gbps = 0.0;                 ///< measured with the same thread count
   std::size_t read_bytes = 0;             ///< the read baseline's working set
   double peak_gflops = 0.0;               ///< f32 FMA peak, same thread count
@@ -74,9 +75,11 @@ struct engine_bench_result {
   /// Single-sequence decode tok/s if it ran at the memory read bandwidth.
   double roofline_tokens_per_s() const;
 
-  /// Tokens per second if every matmul ran at the arithmetic peak (the prefill ceiling): the
-  /// int8 peak for q8_0 weights, else the f32 FMA peak.
-  double compute_ceiling_tokens_per_s() const;
+  /// Tokens per second if every matmul ran at the arithmetic peak: the int8 peak for q8_0
+  /// weights, else the f32 FMA peak. `prompt_tokens` 0: every token goes through the
+  /// classifier (decode); n: a prefill of n tokens, which runs the classifier for its last
+  /// token only (its share of the work per token is 1/n of it).
+  double compute_ceiling_tokens_per_s(int prompt_tokens = 0) const;
 };
 
 /// Runs the benchmark (loads the model, measures bandwidth, prefill, decode).
