@@ -127,9 +127,11 @@ TEST_CASE("a full KV pool makes a request wait until its deadline, then refuses 
   cluster->submit(make_request("c", prompt, 400), c.callbacks());
 
   auto out_c = c.wait();
+  INFO("c: " << out_c.result.error_message);
   CHECK(out_c.result.error == actors::service_error::overloaded);
   CHECK(out_c.result.error_message.find("already wait") != std::string::npos);
   auto out_b = b.wait();
+  INFO("b: " << out_b.result.error_message);
   CHECK(out_b.result.error == actors::service_error::overloaded);
   CHECK(out_b.result.error_message.find("within the deadline") != std::string::npos);
   auto out_a = a.wait();
