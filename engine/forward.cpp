@@ -192,7 +192,7 @@ void runner::layers_chunk(kv_cache& kv, int n, int first_layer, int last_layer, 
   // beside them). Each row's arithmetic is the same either way. Measured with the matmul inputs
   // quantized once (duet bench engine, 2 threads, old and new binaries alternated): prefill 128
   // 1538-1551 -> 1768-1796 tok/s, 32 sequences 855-857 -> 994-1143; 1 thread unchanged.
-  //
+
   // x += xb still owed from the previous layer's FFN: applied in the next row-wise pass.
   bool residual_pending = false;
 

@@ -13,13 +13,28 @@
 
 using namespace duet;
 
+namespace {
+
+/// The test's seed: random, or DUET_TEST_SEED to replay a failure.
+std::uint64_t test_seed() {
+  if (const char* env = std::getenv("DUET_TEST_SEED")) return std::strtoull(env, nullptr, 10);
+  return std::random_device{}();
+}
+
+/// `n` random bytes.
+std::vector<std::byte> random_bytes(std::mt19937_64& rng, std::size_t n) {
+  std::vector<std::byte> bytes(n);
+  for (auto& b : bytes) b = static_cast<std::byte>(rng());
+  return bytes;
+}
+
+} // namespace
+
 TEST_CASE("the segment checksum equals the portable XXH3_64bits for every length and offset") {
-  std::uint64_t seed = std::random_device{}();
-  if (const char* env = std::getenv("DUET_TEST_SEED")) seed = std::strtoull(env, nullptr, 10);
+  const std::uint64_t seed = test_seed();
   INFO("seed " << seed << " (set DUET_TEST_SEED to replay)");
   std::mt19937_64 rng(seed);
-  std::vector<std::byte> bytes((std::size_t{1} << 20) + 64);
-  for (auto& b : bytes) b = static_cast<std::byte>(rng());
+  const auto bytes = random_bytes(rng, (std::size_t{1} << 20) + 64);
   // Every length up to 300 (XXH3's short-input branches: 0, 1-3, 4-8, 9-16, 17-128, 129-240,
   // long), then the stripe and block boundaries and a few random lengths, at odd offsets.
   std::vector<std::size_t> lengths;
@@ -35,12 +50,10 @@ TEST_CASE("the segment checksum equals the portable XXH3_64bits for every length
 }
 
 TEST_CASE("the checksum over pieces equals the checksum of their concatenation") {
-  std::uint64_t seed = std::random_device{}();
-  if (const char* env = std::getenv("DUET_TEST_SEED")) seed = std::strtoull(env, nullptr, 10);
+  const std::uint64_t seed = test_seed();
   INFO("seed " << seed << " (set DUET_TEST_SEED to replay)");
   std::mt19937_64 rng(seed);
-  std::vector<std::byte> bytes((std::size_t{3} << 20) + 17);
-  for (auto& b : bytes) b = static_cast<std::byte>(rng());
+  const auto bytes = random_bytes(rng, (std::size_t{3} << 20) + 17);
   messages::checksum_xxh3_stream stream;
   for (int round = 0; round < 20; ++round) {
     const std::size_t n = round == 0 ? 0 : rng() % bytes.size();
