@@ -71,16 +71,44 @@ double engine_bench_result::compute_ceiling_tokens_per_s(int prompt_tokens) cons
   return flop <= 0 ? 0.0 : peak * 1e9 / flop;
 }
 
+double engine_bench_figure::tokens_per_s() const {
+  double best = 0;
+  for (std::size_t r = 0; r < round_seconds.size(); ++r)
+    best = std::max(best, round_tokens_per_s(r));
+  return best;
+}
+
+double engine_bench_figure::mean_tokens_per_s() const {
+  double total = 0;
+  for (double s : round_seconds) total += s;
+  return total > 0 ? tokens * static_cast<double>(round_seconds.size()) / total : 0.0;
+}
+
+double engine_bench_result::read_gbps() const {
+  double best = 0;
+  for (double g : read_gbps_rounds) best = std::max(best, g);
+  return best;
+}
+
+namespace {
+double roofline(double gbps, std::size_t bytes) {
+  return bytes == 0 ? 0.0 : gbps * 1e9 / static_cast<double>(bytes);
+}
+} // namespace
+
 double engine_bench_result::roofline_tokens_per_s() const {
-  return weight_bytes_per_token == 0
-             ? 0.0
-             : read_gbps * 1e9 / static_cast<double>(weight_bytes_per_token);
+  return roofline(read_gbps(), weight_bytes_per_token);
+}
+
+double engine_bench_result::roofline_tokens_per_s(std::size_t round) const {
+  return roofline(read_gbps_rounds[round], weight_bytes_per_token);
 }
 
 engine_bench_result run_engine_bench(const engine_bench_options& o) {
-  // Stages: load, bandwidth, FMA peak, each prefill length, each decode batch.
+  const int rounds = std::max(1, o.rounds);
+  // Stages: load, FMA peak, then per round the bandwidth, each prefill length, each batch.
   const double stages =
-      3.0 + static_cast<double>(o.prefill_tokens.size() + o.decode_batches.size());
+      2.0 + rounds * (1.0 + static_cast<double>(o.prefill_tokens.size() + o.decode_batches.size()));
   double stage = 0;
   auto report = [&](std::string_view step) {
     if (o.on_progress) o.on_progress(stage++ / stages, step);
@@ -94,11 +122,9 @@ engine_bench_result run_engine_bench(const engine_bench_options& o) {
   res.weight_types = weight_types(w);
   res.simd = std::string(engine::kernels::simd_level());
   res.threads = o.threads;
-  res.rounds = std::max(1, o.rounds);
+  res.rounds = rounds;
   res.weight_bytes_per_token = w.decode_bytes_per_token();
-  report("measuring read bandwidth");
   res.read_bytes = o.bandwidth_bytes != 0 ? o.bandwidth_bytes : res.weight_bytes_per_token;
-  res.read_gbps = measure_read_gbps(res.read_bytes, o.threads);
   report("measuring FMA peak");
   res.peak_gflops = measure_fma_gflops(o.threads);
   if (res.weight_types == "q8_0") res.int8_gops = measure_int8_gops(o.threads);
@@ -124,7 +150,6 @@ engine_bench_result run_engine_bench(const engine_bench_options& o) {
   std::vector<float> logits(static_cast<std::size_t>(c.vocab_size) *
                             static_cast<std::size_t>(batch_max));
 
-  // -- prefill -----------------------------------------------------------------------------
   engine::seq_id next_id = 1;
   {
     // Warm-up: fault the mapped weights in so the first figure is not a disk read.
@@ -134,39 +159,36 @@ engine_bench_result run_engine_bench(const engine_bench_options& o) {
     run.prefill(kv, id, 0, random_tokens(8), logits);
     kv.seq_free(id);
   }
-  const int rounds = std::max(1, o.rounds);
-  // Best and mean of `rounds` timings of `tokens` tokens each.
-  auto figure = [](int n, double tokens, const std::vector<double>& secs) {
-    double best = secs.front(), total = 0;
-    for (double x : secs) {
-      best = std::min(best, x);
-      total += x;
-    }
-    return engine_bench_figure{n, tokens / best, tokens * static_cast<double>(secs.size()) / total};
-  };
-  for (int n : o.prefill_tokens) {
-    n = std::min(n, c.seq_len);
-    report(fmt::format("prefill {} tokens", n));
-    auto prompt = random_tokens(n);
-    std::vector<double> secs;
-    for (int round = 0; round < rounds; ++round) {
+  for (int n : o.prefill_tokens) res.prefill.push_back({std::min(n, c.seq_len), {}});
+  for (int b : o.decode_batches) res.decode.push_back({b, {}});
+  std::vector<std::vector<int>> prompts;
+  for (const auto& p : res.prefill) prompts.push_back(random_tokens(p.n));
+  const int ctx = std::min(o.context_tokens, c.seq_len - o.decode_steps - 1);
+
+  // Round after round, every figure once per round (not one figure's rounds back to back):
+  // a ratio is then taken between figures measured seconds apart, in the same phase of a
+  // shared VM's speed, which changes over seconds (the Xeon VM of 2026-11-29 read 13 or
+  // 25 GB/s in runs a minute apart).
+  for (int round = 0; round < rounds; ++round) {
+    const std::string of = fmt::format(" (round {} of {})", round + 1, rounds);
+    report("measuring read bandwidth" + of);
+    res.read_gbps_rounds.push_back(measure_read_gbps(res.read_bytes, o.threads));
+
+    for (std::size_t i = 0; i < res.prefill.size(); ++i) {
+      auto& fig = res.prefill[i];
+      report(fmt::format("prefill {} tokens{}", fig.n, of));
       auto id = next_id++;
       kv.seq_add(id);
-      kv.seq_reserve(id, n);
+      kv.seq_reserve(id, fig.n);
       auto t0 = clock_type::now();
-      run.prefill(kv, id, 0, prompt, logits);
-      secs.push_back(seconds_since(t0));
+      run.prefill(kv, id, 0, prompts[i], logits);
+      fig.round_seconds.push_back(seconds_since(t0));
       kv.seq_free(id);
     }
-    res.prefill.push_back(figure(n, n, secs));
-  }
 
-  // -- decode ------------------------------------------------------------------------------
-  const int ctx = std::min(o.context_tokens, c.seq_len - o.decode_steps - 1);
-  for (int b : o.decode_batches) {
-    report(fmt::format("decode {} sequences", b));
-    std::vector<double> secs;
-    for (int round = 0; round < rounds; ++round) {
+    for (auto& fig : res.decode) {
+      const int b = fig.n;
+      report(fmt::format("decode {} sequences{}", b, of));
       std::vector<engine::decode_item> items;
       for (int i = 0; i < b; ++i) {
         auto id = next_id++;
@@ -187,11 +209,12 @@ engine_bench_result run_engine_bench(const engine_bench_options& o) {
           ++items[i].pos;
         }
       }
-      secs.push_back(seconds_since(t0));
+      fig.round_seconds.push_back(seconds_since(t0));
       for (const auto& it : items) kv.seq_free(it.seq);
     }
-    res.decode.push_back(figure(b, static_cast<double>(b) * o.decode_steps, secs));
   }
+  for (auto& fig : res.prefill) fig.tokens = fig.n;
+  for (auto& fig : res.decode) fig.tokens = static_cast<double>(fig.n) * o.decode_steps;
   res.model_file_bytes = static_cast<std::size_t>(std::filesystem::file_size(o.model));
   res.resident_bytes = resident_bytes();
   if (o.on_progress) o.on_progress(1.0, "done");
@@ -214,9 +237,21 @@ std::string format_engine_bench(const engine_bench_result& r) {
                      static_cast<double>(r.resident_bytes) / 1e6,
                      static_cast<double>(r.model_file_bytes) / 1e6,
                      static_cast<double>(r.kv_pool_bytes) / 1e6));
-  line(fmt::format("read bandwidth   {:.2f} GB/s ({} threads, reading {:.1f} MB over and over: "
-                   "a decode step's bytes, measured now)",
-                   r.read_gbps, r.threads, static_cast<double>(r.read_bytes) / 1e6));
+  // "lo-hi" of f over the rounds, e.g. the ratio of two figures measured in the same round.
+  auto per_round = [&](auto&& f, const char* fmt_one) {
+    double lo = 0, hi = 0;
+    for (std::size_t i = 0; i < r.read_gbps_rounds.size(); ++i) {
+      const double v = f(i);
+      lo = i == 0 ? v : std::min(lo, v);
+      hi = i == 0 ? v : std::max(hi, v);
+    }
+    return fmt::format(fmt::runtime(fmt_one), lo) + "-" + fmt::format(fmt::runtime(fmt_one), hi);
+  };
+  line(fmt::format("read bandwidth   {:.2f} GB/s, best round ({} per round; {} threads, reading "
+                   "{:.1f} MB over and over: a decode step's bytes, measured now)",
+                   r.read_gbps(),
+                   per_round([&](std::size_t i) { return r.read_gbps_rounds[i]; }, "{:.1f}"),
+                   r.threads, static_cast<double>(r.read_bytes) / 1e6));
   double roof = r.roofline_tokens_per_s();
   line(fmt::format("roofline         {:.2f} tok/s single-sequence decode (bandwidth / bytes)",
                    roof));
@@ -234,21 +269,28 @@ std::string format_engine_bench(const engine_bench_result& r) {
                    ceiling, r.int8_gops > 0 ? "int8" : "fma", r.matmul_flop_per_token / 1e6,
                    roof > 0 ? fmt::format(" = {:.1f}x the decode roofline", ceiling / roof) : "",
                    (r.matmul_flop_per_token - r.classifier_flop) / 1e6));
-  double single = 0;
+  const engine_bench_figure* single = nullptr;
   for (const auto& d : r.decode)
-    if (d.n == 1) single = d.tokens_per_s;
-  line(fmt::format("rounds           {} per figure: the best is shown, (mean ...) over all of "
-                   "them",
+    if (d.n == 1) single = &d;
+  line(fmt::format("rounds           {}, each measuring every figure once: the best round is "
+                   "shown, (mean ...) over all of them; a ratio is best against best, then its "
+                   "range over the rounds (both figures from the same round)",
                    r.rounds));
+  // "x single-seq" of figure f: best against best, then per round.
+  auto times_single = [&](const engine_bench_figure& f, const char* target) -> std::string {
+    return fmt::format(
+        "   {:.1f}x single-seq ({}per round {}x)", f.tokens_per_s() / single->tokens_per_s(),
+        target != nullptr ? fmt::format("target >= {}; ", target) : "",
+        per_round(
+            [&](std::size_t i) { return f.round_tokens_per_s(i) / single->round_tokens_per_s(i); },
+            "{:.1f}"));
+  };
   for (const auto& p : r.prefill) {
     const double own = r.compute_ceiling_tokens_per_s(p.n);
-    line(fmt::format("prefill {:>4} tok {:>10.1f} tok/s (mean {:.1f}){}{}", p.n, p.tokens_per_s,
-                     p.mean_tokens_per_s,
-                     single > 0 ? fmt::format("   {:.1f}x single-seq decode (target >= 10x)",
-                                              p.tokens_per_s / single)
-                                : "",
+    line(fmt::format("prefill {:>4} tok {:>10.1f} tok/s (mean {:.1f}){}{}", p.n, p.tokens_per_s(),
+                     p.mean_tokens_per_s(), single != nullptr ? times_single(p, "10x") : "",
                      own > 0 ? fmt::format(", {:.0f}% of its compute ceiling {:.1f} tok/s",
-                                           100.0 * p.tokens_per_s / own, own)
+                                           100.0 * p.tokens_per_s() / own, own)
                              : ""));
   }
   for (const auto& d : r.decode) {
@@ -256,17 +298,22 @@ std::string format_engine_bench(const engine_bench_result& r) {
     // A batch of n reads the weights once per step: its ceiling is the smaller of n x the
     // roofline and the compute ceiling.
     if (d.n == 1 && roof > 0)
-      extra = fmt::format("   {:.0f}% of roofline (target >= 80%)", 100.0 * d.tokens_per_s / roof);
-    else if (single > 0)
-      extra = fmt::format("   {:.1f}x single-seq{}{}", d.tokens_per_s / single,
-                          d.n == 32 ? " (target >= 8x)" : "",
-                          roof > 0 && ceiling > 0
-                              ? fmt::format(", {:.0f}% of its ceiling {:.1f} tok/s",
-                                            100.0 * d.tokens_per_s / std::min(d.n * roof, ceiling),
-                                            std::min(d.n * roof, ceiling))
-                              : "");
-    line(fmt::format("decode {:>3} seq  {:>10.1f} tok/s (mean {:.1f}){}", d.n, d.tokens_per_s,
-                     d.mean_tokens_per_s, extra));
+      extra = fmt::format("   {:.0f}% of roofline (target >= 80%; per round {}%)",
+                          100.0 * d.tokens_per_s() / roof,
+                          per_round(
+                              [&](std::size_t i) {
+                                return 100.0 * d.round_tokens_per_s(i) / r.roofline_tokens_per_s(i);
+                              },
+                              "{:.0f}"));
+    else if (single != nullptr)
+      extra = times_single(d, d.n == 32 ? "8x" : nullptr) +
+              (roof > 0 && ceiling > 0
+                   ? fmt::format(", {:.0f}% of its ceiling {:.1f} tok/s",
+                                 100.0 * d.tokens_per_s() / std::min(d.n * roof, ceiling),
+                                 std::min(d.n * roof, ceiling))
+                   : "");
+    line(fmt::format("decode {:>3} seq  {:>10.1f} tok/s (mean {:.1f}){}", d.n, d.tokens_per_s(),
+                     d.mean_tokens_per_s(), extra));
   }
   return out;
 }

@@ -25,9 +25,11 @@ struct engine_bench_options {
   std::vector<int> prefill_tokens = {128, 512}; ///< prompt lengths (clamped to the context)
   std::vector<int> decode_batches = {1, 8, 32}; ///< concurrent sequences
   int decode_steps = 16;                        ///< timed decode steps per batch size
-  /// Each prefill and decode figure is measured this many times; the best round is reported
-  /// (the mean next to it), as the bandwidth and arithmetic baselines report their best pass:
-  /// on a shared VM one round can lose half its speed to a neighbour.
+  /// Each prefill and decode figure, and the read bandwidth, is measured this many times, in
+  /// rounds (every figure once per round); the best round is reported (the mean next to it),
+  /// as the arithmetic baselines report their best pass: on a shared VM one round can lose half
+  /// its speed to a neighbour. The ratios are also given per round, between figures measured
+  /// seconds apart.
   int rounds = 3;
   int context_tokens = 64; ///< prompt each decoding sequence starts from
   engine::dtype kv_type = engine::dtype::f32;
@@ -42,10 +44,13 @@ struct engine_bench_options {
 };
 
 struct engine_bench_figure {
-  int n = 0;                      ///< prompt tokens (prefill) or sequences (decode)
-  double tokens_per_s = 0.0;      ///< tokens processed (prefill) or generated (decode) per second,
-                                  ///< best round
-  double mean_tokens_per_s = 0.0; ///< the same over all rounds (total tokens / total time)
+  int n = 0;                         ///< prompt tokens (prefill) or sequences (decode)
+  std::vector<double> round_seconds; ///< one timing per round
+  double tokens = 0.0; ///< tokens processed (prefill) or generated (decode) per timing
+
+  double round_tokens_per_s(std::size_t round) const { return tokens / round_seconds[round]; }
+  double tokens_per_s() const;      ///< the best round
+  double mean_tokens_per_s() const; ///< over all rounds (total tokens / total time)
 };
 
 struct engine_bench_result {
@@ -57,7 +62,7 @@ struct engine_bench_result {
   std::size_t weight_bytes_per_token = 0; ///< bytes one decode step reads (model_weights)
   double matmul_flop_per_token = 0.0;     ///< 2 x the weights of every matmul
   double classifier_flop = 0.0;           ///< the classifier's share of that
-  double read_gbps = 0.0;                 ///< measured with the same thread count
+  std::vector<double> read_gbps_rounds;   ///< per round, with the same thread count
   std::size_t read_bytes = 0;             ///< the read baseline's working set
   double peak_gflops = 0.0;               ///< f32 FMA peak, same thread count
   /// int8 multiply-add peak (GOP/s) with the q8_0 kernels' instructions; 0 unless the matmul
@@ -72,8 +77,11 @@ struct engine_bench_result {
   /// released), the KV blocks written and the workspaces.
   std::size_t resident_bytes = 0;
 
-  /// Single-sequence decode tok/s if it ran at the memory read bandwidth.
+  double read_gbps() const; ///< the best round's
+  /// Single-sequence decode tok/s if it ran at the memory read bandwidth (the best round's, or
+  /// round `round`'s).
   double roofline_tokens_per_s() const;
+  double roofline_tokens_per_s(std::size_t round) const;
 
   /// Tokens per second if every matmul ran at the arithmetic peak: the int8 peak for q8_0
   /// weights, else the f32 FMA peak. `prompt_tokens` 0: every token goes through the
