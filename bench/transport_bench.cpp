@@ -325,45 +325,70 @@ std::vector<transport_point> run_transport_bench(const transport_bench_options& 
   // are for.
   const bool shm = wants("fabric+shm"), zmq_tcp = wants("zmq+tcp"), zmq_ipc = wants("zmq+ipc");
   const std::size_t extra = 1 + (shm ? 1 : 0) + (zmq_tcp ? 2 : 0) + (zmq_ipc ? 1 : 0);
-  const double points = static_cast<double>(o.sizes.size() * (3 + extra + o.backends.size()));
-  auto report = [&](const std::string& what, std::size_t bytes) {
-    if (o.on_progress)
-      o.on_progress(static_cast<double>(out.size()) / points,
-                    what + " " + std::to_string(bytes >> 10) + " KiB");
-  };
-  auto measure = [&](const std::string& name, std::size_t bytes, auto&& run) {
-    report(name, bytes);
-    out.push_back(run());
-    return out.back().gbps;
-  };
+  const int rounds = std::max(1, o.rounds);
+  const double points =
+      static_cast<double>(o.sizes.size() * (3 + extra + o.backends.size())) * rounds;
+  double done = 0;
   for (std::size_t bytes : o.sizes) {
-    measure("memcpy", bytes, [&] { return bench_memcpy(o, bytes); });
-    const double ring = measure("memcpy ring", bytes, [&] { return bench_ring(o, bytes, false); });
-    const double cma =
-        shm ? measure("cma ring", bytes, [&] { return bench_ring(o, bytes, true); }) : 0;
-    measure("raw zmq+tcp", bytes, [&] { return bench_raw_zmq(o, bytes, "tcp"); });
-    const double raw_tcp_hash = zmq_tcp
-                                    ? measure("raw zmq+tcp +xxh3", bytes,
-                                              [&] { return bench_raw_zmq(o, bytes, "tcp", true); })
-                                    : 0;
-    // zmq+tcp sends a payload over 1 MiB as 1 MiB frames: the same, bare.
-    constexpr std::size_t zmq_frame = std::size_t{1} << 20;
-    const double raw_tcp_framed_hash =
-        zmq_tcp && bytes > zmq_frame
-            ? measure("raw zmq+tcp framed +xxh3", bytes,
-                      [&] { return bench_raw_zmq(o, bytes, "tcp", true, zmq_frame); })
-            : 0;
-    measure("raw zmq+ipc", bytes, [&] { return bench_raw_zmq(o, bytes, "ipc"); });
-    const double raw_ipc_hash = zmq_ipc
-                                    ? measure("raw zmq+ipc +xxh3", bytes,
-                                              [&] { return bench_raw_zmq(o, bytes, "ipc", true); })
-                                    : 0;
+    // This size's points in print order, each merged over the rounds.
+    std::vector<transport_point> size_points;
+    std::vector<std::vector<double>> p50s; // per point, per round
+    auto measure = [&](const std::string& name, auto&& run) {
+      if (o.on_progress)
+        o.on_progress(done++ / points, name + " " + std::to_string(bytes >> 10) + " KiB");
+      transport_point p = run();
+      auto it = std::find_if(size_points.begin(), size_points.end(),
+                             [&](const transport_point& q) { return q.name == p.name; });
+      if (it == size_points.end()) {
+        p.round_gbps = {p.gbps};
+        p50s.push_back({p.p50_us});
+        size_points.push_back(std::move(p));
+        return;
+      }
+      it->round_gbps.push_back(p.gbps);
+      p50s[static_cast<std::size_t>(it - size_points.begin())].push_back(p.p50_us);
+      it->gbps = std::max(it->gbps, p.gbps);
+      it->p99_us = std::max(it->p99_us, p.p99_us);
+      it->iterations += p.iterations;
+      if (p.note != it->note) // e.g. an error in one round only: say so, not the first's
+        it->note = "rounds differ: " + (it->note.empty() ? "(none)" : it->note) + " / " +
+                   (p.note.empty() ? "(none)" : p.note);
+    };
+    // Round after round, every baseline and backend once per round: a ratio is then between
+    // figures measured seconds apart, in the same phase of a shared VM's speed.
+    for (int round = 0; round < rounds; ++round) {
+      measure("memcpy", [&] { return bench_memcpy(o, bytes); });
+      measure("memcpy ring", [&] { return bench_ring(o, bytes, false); });
+      if (shm) measure("cma ring", [&] { return bench_ring(o, bytes, true); });
+      measure("raw zmq+tcp", [&] { return bench_raw_zmq(o, bytes, "tcp"); });
+      if (zmq_tcp)
+        measure("raw zmq+tcp +xxh3", [&] { return bench_raw_zmq(o, bytes, "tcp", true); });
+      // zmq+tcp sends a payload over 1 MiB as 1 MiB frames: the same, bare.
+      constexpr std::size_t zmq_frame = std::size_t{1} << 20;
+      if (zmq_tcp && bytes > zmq_frame)
+        measure("raw zmq+tcp framed +xxh3",
+                [&] { return bench_raw_zmq(o, bytes, "tcp", true, zmq_frame); });
+      measure("raw zmq+ipc", [&] { return bench_raw_zmq(o, bytes, "ipc"); });
+      if (zmq_ipc)
+        measure("raw zmq+ipc +xxh3", [&] { return bench_raw_zmq(o, bytes, "ipc", true); });
+      for (const auto& b : o.backends) measure(b, [&] { return bench_backend(o, bytes, b); });
+    }
+    for (std::size_t i = 0; i < size_points.size(); ++i)
+      size_points[i].p50_us = percentile(p50s[i], 0.5);
+    auto best = [&](const std::string& name) {
+      for (const auto& p : size_points)
+        if (p.name == name) return p.gbps;
+      return 0.0;
+    };
+    const double ring = best("memcpy ring"), cma = best("cma ring"),
+                 raw_tcp_hash = best("raw zmq+tcp +xxh3"),
+                 raw_tcp_framed_hash = best("raw zmq+tcp framed +xxh3"),
+                 raw_ipc_hash = best("raw zmq+ipc +xxh3");
     auto pct = [](double a, double b) {
       return b > 0 ? std::to_string(static_cast<int>(100.0 * a / b + 0.5)) + "%" : "-";
     };
-    for (const auto& b : o.backends) {
-      report(b, bytes);
-      auto p = bench_backend(o, bytes, b);
+    for (auto& p : size_points) {
+      const std::string& b = p.name;
       // The comparisons with the additional baselines (the "vs base" column keeps the
       // issue's own: memcpy, raw ZeroMQ).
       if (p.gbps > 0 && p.note.empty()) {

@@ -35,12 +35,14 @@
 namespace duet::bench {
 
 struct transport_point {
-  std::string name;      ///< "inproc", "zmq+tcp", ..., "memcpy", "raw zmq+tcp"
-  std::size_t bytes = 0; ///< payload bytes per segment
-  double gbps = 0;       ///< streaming throughput, 1e9 bytes/s of payload
-  double p50_us = 0;     ///< one-way latency of a lone segment (send call to recv return)
-  double p99_us = 0;
-  int iterations = 0; ///< streamed segments
+  std::string name;               ///< "inproc", "zmq+tcp", ..., "memcpy", "raw zmq+tcp"
+  std::size_t bytes = 0;          ///< payload bytes per segment
+  double gbps = 0;                ///< streaming throughput, 1e9 bytes/s of payload: the best round
+  std::vector<double> round_gbps; ///< each round's (0 where it failed)
+  double p50_us = 0;  ///< one-way latency of a lone segment (send call to recv return): the
+                      ///< median of the rounds' medians
+  double p99_us = 0;  ///< the highest of the rounds' 99th percentiles
+  int iterations = 0; ///< streamed segments, all rounds
   std::string note;   ///< an error, or a fact worth printing (e.g. "payload not copied")
 };
 
@@ -48,8 +50,12 @@ struct transport_bench_options {
   std::vector<std::size_t> sizes{std::size_t{64} << 10, std::size_t{1} << 20,
                                  std::size_t{16} << 20};
   std::vector<std::string> backends{"inproc", "zmq+tcp", "zmq+ipc", "fabric+shm", "fabric+tcp"};
-  std::size_t mib_per_point = 256; ///< payload streamed per (backend, size)
-  int latency_samples = 200;       ///< lone segments timed per point (fewer for big sizes)
+  std::size_t mib_per_point = 96; ///< payload streamed per (backend, size, round)
+  /// Every baseline and backend is measured once per round, round after round (not one's
+  /// rounds back to back), and the best round is reported: on a shared VM the speed changes
+  /// over seconds, so a ratio is taken between figures of the same round.
+  int rounds = 3;
+  int latency_samples = 200; ///< lone segments timed per point (fewer for big sizes)
   /// Told (fraction done 0..1, point name) before each point; may be empty. The command line
   /// shows it as a progress bar on a terminal, plain lines otherwise.
   std::function<void(double, std::string_view)> on_progress;
