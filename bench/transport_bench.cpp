@@ -144,10 +144,17 @@ transport_point bench_raw_zmq(const transport_bench_options& o, std::size_t byte
   transport_point p;
   p.name = "raw zmq+" + flavor + (frame_bytes != 0 ? " framed" : "") + (hash ? " +xxh3" : "");
   p.bytes = bytes;
+  // libzmq 4.3 leaves an ipc socket's file behind: removed after the sockets (declared first,
+  // so destroyed last).
+  struct remove_file {
+    std::string path;
+    ~remove_file() {
+      if (!path.empty()) (void)::unlink(path.c_str());
+    }
+  } ipc_file{flavor == "tcp" ? "" : "/tmp/duet-bench-raw-" + std::to_string(getpid())};
   zmq::context_t ctx(1);
   zmq::socket_t rx(ctx, zmq::socket_type::pair), tx(ctx, zmq::socket_type::pair);
-  std::string ep = flavor == "tcp" ? "tcp://127.0.0.1:*"
-                                   : "ipc:///tmp/duet-bench-raw-" + std::to_string(getpid());
+  std::string ep = flavor == "tcp" ? "tcp://127.0.0.1:*" : "ipc://" + ipc_file.path;
   rx.bind(ep);
   tx.connect(rx.get(zmq::sockopt::last_endpoint));
   auto payload = transport::buffer::allocate(bytes);

@@ -28,6 +28,8 @@
 #include <zmq.hpp>
 
 #include <sched.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstring>
 #include <map>
@@ -103,6 +105,33 @@ struct zmq_stream {
   std::uint64_t unreturned_bytes = 0;
 };
 
+/// The file of a bound ipc:// socket, which libzmq 4.3 leaves behind when the socket closes (it
+/// removes only the files of wildcard addresses). Removed only while it is still the file this
+/// receiver made: libzmq's bind replaces an existing file, so a later receiver may have taken
+/// the path over, and its file must stay.
+class socket_file {
+public:
+  socket_file() = default;
+  static socket_file of(const std::string& path) {
+    socket_file f;
+    struct stat st {};
+    if (::stat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode))
+      f.path_ = path, f.dev_ = st.st_dev, f.ino_ = st.st_ino;
+    return f;
+  }
+  void remove() {
+    struct stat st {};
+    if (!path_.empty() && ::stat(path_.c_str(), &st) == 0 && st.st_dev == dev_ && st.st_ino == ino_)
+      (void)::unlink(path_.c_str());
+    path_.clear();
+  }
+
+private:
+  std::string path_;
+  dev_t dev_ = 0;
+  ino_t ino_ = 0;
+};
+
 class zmq_receiver final : public receiver {
 public:
   zmq_receiver(const options& opts) : opts_(opts), checker_(opts_) {}
@@ -121,10 +150,14 @@ public:
     } catch (const zmq::error_t& e) {
       return fail(errc::bad_address, "cannot bind " + at.to_string() + ": " + e.what());
     }
+    if (at.flavor == "ipc") ipc_file_ = socket_file::of(at.location);
     return {};
   }
 
-  ~zmq_receiver() override { sock_.close(); }
+  ~zmq_receiver() override {
+    sock_.close();
+    ipc_file_.remove();
+  }
 
   std::string address() const override { return address_; }
 
@@ -305,6 +338,7 @@ private:
   options opts_;
   std::shared_ptr<zmq::context_t> ctx_ = process_context(); // outlives sock_
   zmq::socket_t sock_{*ctx_, zmq::socket_type::router};
+  socket_file ipc_file_; // zmq+ipc: the socket file this receiver made
   std::string address_;
   arrival_checker checker_;
   counters stats_;

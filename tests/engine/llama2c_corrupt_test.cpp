@@ -3,6 +3,7 @@
 #include "engine/error.hpp"
 #include "engine/llama2c.hpp"
 #include "engine/tokenizer.hpp"
+#include "tests/engine/gguf_test_support.hpp"
 #include "tests/support/models.hpp"
 
 #include <catch2/catch.hpp>
@@ -14,11 +15,9 @@
 #include <fstream>
 #include <functional>
 #include <iterator>
-#include <unistd.h>
 #include <vector>
 
 using namespace duet::engine;
-namespace fs = std::filesystem;
 
 namespace {
 
@@ -27,10 +26,9 @@ std::vector<char> read_all(const std::string& path) {
   return {std::istreambuf_iterator<char>(f), {}};
 }
 
-std::string write_temp(const std::string& name, const std::vector<char>& bytes) {
-  auto dir = fs::temp_directory_path() / ("duet_llama2c_test_" + std::to_string(::getpid()));
-  fs::create_directories(dir);
-  auto path = (dir / name).string();
+std::string write_temp(const duet::test::temp_dir& dir, const std::string& name,
+                       const std::vector<char>& bytes) {
+  auto path = dir.file(name);
   std::ofstream(path, std::ios::binary)
       .write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   return path;
@@ -87,10 +85,11 @@ TEST_CASE("corrupt llama2.c checkpoints are rejected with errors naming what is 
       {"version1_magic", [](auto& b) { set_i32(b, 0, 0x616b3432); }, engine_errc::unsupported,
        "version 1/2"},
   };
+  const duet::test::temp_dir dir;
   for (const auto& d : table) {
     auto bytes = good;
     d.apply(bytes);
-    auto path = write_temp(std::string(d.name) + ".bin", bytes);
+    auto path = write_temp(dir, std::string(d.name) + ".bin", bytes);
     INFO("damage " << d.name);
     try {
       load_llama2c_checkpoint(path);
@@ -122,10 +121,11 @@ TEST_CASE("corrupt llama2.c tokenizers are rejected with errors naming the entry
        "truncated"},
       {"bad_length", [](auto& b) { set_i32(b, 8, 1000); }, engine_errc::bad_format, "entry 0"},
   };
+  const duet::test::temp_dir dir;
   for (const auto& d : table) {
     auto bytes = good;
     d.apply(bytes);
-    auto path = write_temp(std::string(d.name) + ".tok", bytes);
+    auto path = write_temp(dir, std::string(d.name) + ".tok", bytes);
     INFO("damage " << d.name);
     try {
       load_llama2c_tokenizer(path, 512);

@@ -6,6 +6,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <filesystem>
 #include <random>
 
 using namespace duet;
@@ -19,6 +20,20 @@ std::vector<test::endpoint_case> remote_addresses() {
           {"fabric+shm://"},         {"fabric+tcp://127.0.0.1:0"},
           {"fabric+shm://", true},   {"fabric+tcp://127.0.0.1:0", true}};
 }
+
+/// Removes, at the end of a test, the socket file of a zmq+ipc receiver that the test kills: a
+/// killed receiver cannot remove it itself.
+struct killed_receiver_file {
+  std::string path;
+  explicit killed_receiver_file(const std::string& address) {
+    const std::string ipc = "zmq+ipc://";
+    if (address.rfind(ipc, 0) == 0) path = address.substr(ipc.size());
+  }
+  ~killed_receiver_file() {
+    std::error_code ignored;
+    if (!path.empty()) std::filesystem::remove(path, ignored);
+  }
+};
 
 } // namespace
 
@@ -65,6 +80,7 @@ TEST_CASE("a sender killed mid-stream leaves the receiver with a timeout, not a 
 TEST_CASE("a receiver killed while holding credit leaves the sender with a timeout") {
   auto c = GENERATE(from_range(remote_addresses()));
   INFO(c);
+  const killed_receiver_file leftover(c.address);
   test::peer_process peer(c.peer_args({"hold", c.address, "1"}));
   REQUIRE(peer.started());
   auto at = peer.read_line(20s);
