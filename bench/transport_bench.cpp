@@ -339,7 +339,8 @@ std::vector<transport_point> run_transport_bench(const transport_bench_options& 
   for (std::size_t bytes : o.sizes) {
     // This size's points in print order, each merged over the rounds.
     std::vector<transport_point> size_points;
-    std::vector<std::vector<double>> p50s; // per point, per round
+    std::vector<std::vector<double>> p50s;       // per point, per round
+    std::vector<std::vector<std::string>> notes; // per point, per round
     auto measure = [&](const std::string& name, auto&& run) {
       if (o.on_progress)
         o.on_progress(done++ / points, name + " " + std::to_string(bytes >> 10) + " KiB");
@@ -349,17 +350,17 @@ std::vector<transport_point> run_transport_bench(const transport_bench_options& 
       if (it == size_points.end()) {
         p.round_gbps = {p.gbps};
         p50s.push_back({p.p50_us});
+        notes.push_back({p.note});
         size_points.push_back(std::move(p));
         return;
       }
+      const auto i = static_cast<std::size_t>(it - size_points.begin());
       it->round_gbps.push_back(p.gbps);
-      p50s[static_cast<std::size_t>(it - size_points.begin())].push_back(p.p50_us);
+      p50s[i].push_back(p.p50_us);
+      notes[i].push_back(p.note);
       it->gbps = std::max(it->gbps, p.gbps);
       it->p99_us = std::max(it->p99_us, p.p99_us);
       it->iterations += p.iterations;
-      if (p.note != it->note) // e.g. an error in one round only: say so, not the first's
-        it->note = "rounds differ: " + (it->note.empty() ? "(none)" : it->note) + " / " +
-                   (p.note.empty() ? "(none)" : p.note);
     };
     // Round after round, every baseline and backend once per round: a ratio is then between
     // figures measured seconds apart, in the same phase of a shared VM's speed.
@@ -380,8 +381,19 @@ std::vector<transport_point> run_transport_bench(const transport_bench_options& 
         measure("raw zmq+ipc +xxh3", [&] { return bench_raw_zmq(o, bytes, "ipc", true); });
       for (const auto& b : o.backends) measure(b, [&] { return bench_backend(o, bytes, b); });
     }
-    for (std::size_t i = 0; i < size_points.size(); ++i)
-      size_points[i].p50_us = percentile(p50s[i], 0.5);
+    for (std::size_t i = 0; i < size_points.size(); ++i) {
+      auto& p = size_points[i];
+      p.p50_us = percentile(p50s[i], 0.5);
+      // A note that not every round gave (an error in one round, a copy in one) is shown with
+      // the others, not as if it held for all.
+      std::vector<std::string> distinct;
+      for (const auto& n : notes[i])
+        if (std::find(distinct.begin(), distinct.end(), n) == distinct.end()) distinct.push_back(n);
+      if (distinct.size() > 1) {
+        p.note = "rounds differ:";
+        for (const auto& n : distinct) p.note += " [" + (n.empty() ? "no note" : n) + "]";
+      }
+    }
     auto best = [&](const std::string& name) {
       for (const auto& p : size_points)
         if (p.name == name) return p.gbps;
