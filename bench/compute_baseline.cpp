@@ -42,6 +42,21 @@ __attribute__((target("avx2,fma"))) float fma_loop_avx2() {
   return out[0];
 }
 
+__attribute__((target("avx2,fma,avx512f"))) float fma_loop_avx512() {
+  __m512 acc[chains];
+  for (int i = 0; i < chains; ++i) acc[i] = _mm512_set1_ps(static_cast<float>(i));
+  const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
+  for (long k = 0; k < iterations; ++k) {
+#pragma GCC unroll 10
+    for (int i = 0; i < chains; ++i) acc[i] = _mm512_fmadd_ps(acc[i], a, b);
+  }
+  __m512 s = acc[0];
+  for (int i = 1; i < chains; ++i) s = _mm512_add_ps(s, acc[i]);
+  float out[16];
+  _mm512_storeu_ps(out, s);
+  return out[0];
+}
+
 bool has_avx2_fma() {
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 }
@@ -150,6 +165,11 @@ double best_seconds(int threads, int repeats, Loop loop) {
 
 double measure_fma_gflops(int threads, int repeats) {
   threads = std::max(threads, 1);
+#ifdef DUET_X86
+  if (engine::kernels::current_simd() == engine::kernels::simd::avx512_vnni)
+    return 2.0 * flop_per_call_avx2 * threads / best_seconds(threads, repeats, fma_loop_avx512) /
+           1e9;
+#endif
   const bool simd = has_avx2_fma();
   const double flop_per_call = simd ? flop_per_call_avx2 : flop_per_call_scalar;
   const double seconds = best_seconds(threads, repeats, simd ? fma_loop_avx2 : fma_loop_scalar);

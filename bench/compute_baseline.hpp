@@ -7,9 +7,11 @@
 namespace duet::bench {
 
 /// Peak f32 multiply-add throughput in GFLOP/s (1e9 FLOP/s, an FMA counted as 2) with
-/// `threads` threads: independent 8-wide FMA chains on registers (AVX2+FMA when the CPU has
-/// it, else scalar multiply-adds), best of `repeats`. No memory traffic: an upper bound no
-/// real kernel reaches.
+/// `threads` threads: independent FMA chains on registers, best of `repeats`, in the widest
+/// registers the f32 kernels use at engine::kernels::current_simd(): 16-wide where it is
+/// avx512_vnni (the multi-token f32 tiles then run in 512-bit registers), else 8-wide
+/// (AVX2+FMA when the CPU has it), else scalar multiply-adds. No memory traffic: an upper
+/// bound no real kernel reaches.
 double measure_fma_gflops(int threads, int repeats = 5);
 
 /// Peak int8 multiply-add throughput in GOP/s (a u8 x s8 multiply-add counted as 2 ops, as an
