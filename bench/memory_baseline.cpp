@@ -67,10 +67,14 @@ double measure_read_gbps(std::size_t bytes, int threads, int repeats) {
   volatile std::uint64_t sink = 0;
   double best = 1e30;
   // The best pass of any way of reading: the baseline is what a reader can get.
-  // Ways 0-3: 1 or 4 streams, each with no prefetch or a 4 KiB one; way 4: 1 stream with the
-  // 4 KiB prefetch and another 16 KiB ahead into L2.
-  for (int way = 0; way < 5; ++way) {
-    const std::size_t prefetch = way % 2 == 0 && way != 4 ? 0 : 4096;
+  struct way {
+    int streams;
+    std::size_t prefetch; ///< bytes ahead into L1, 0: none
+    bool far;             ///< a second prefetch 16 KiB ahead into L2
+  };
+  constexpr way ways[] = {
+      {1, 0, false}, {1, 4096, false}, {4, 0, false}, {4, 4096, false}, {1, 4096, true}};
+  for (const way w : ways) {
     for (int r = 0; r < repeats + 1; ++r) {
       std::vector<std::uint64_t> partial(static_cast<std::size_t>(threads), 0);
       auto start = clock_type::now();
@@ -81,9 +85,9 @@ double measure_read_gbps(std::size_t bytes, int threads, int repeats) {
         std::size_t n = (t == threads - 1) ? words - begin : per;
         pool.emplace_back([&, t, begin, n] {
           partial[static_cast<std::size_t>(t)] =
-              way < 2   ? sum_words<1>(data.data() + begin, n, prefetch)
-              : way < 4 ? sum_words<4>(data.data() + begin, n, prefetch)
-                        : sum_words<1, 16384>(data.data() + begin, n, prefetch);
+              w.far            ? sum_words<1, 16384>(data.data() + begin, n, w.prefetch)
+              : w.streams == 4 ? sum_words<4>(data.data() + begin, n, w.prefetch)
+                               : sum_words<1>(data.data() + begin, n, w.prefetch);
         });
       }
       for (auto& th : pool) th.join();

@@ -134,23 +134,27 @@ DUET_Q8_TARGET void tile_q8_0(const tensor_view& w, std::int64_t r0, const q8_ac
 /// timing a decode step's matmuls of a stories110M q8_0 model, 32 tokens, 1 thread, the Xeon VM
 /// of 2026-11-29, old and new alternated 3 times): 23.8-24.3 -> 20.8-21.1 ms (288-295 -> 332-336
 /// GOP/s); duet bench engine, 32-sequence decode 660-669 -> 679-715 tok/s.
+/// The 256-bit kernels (packed_group) take the same plan; only the 512-bit one was measured
+/// (this VM runs it), the bit-identity tests cover both.
 struct pass_prefetch {
-  const char* next = nullptr; ///< the next unit's first byte; null: no next unit, or one pass
-  std::int64_t unit_lines = 0;
-  int lines = 0; ///< per block of each pass
+  const char* next = nullptr;   ///< the next unit's first byte; null: no next unit, or one pass
+  std::int64_t last_share = 0;  ///< line where the last pass's share starts (it ends the unit)
+  std::int64_t share_lines = 0; ///< lines per pass: `lines` per block
+  int lines = 0;
 
   DUET_Q8_TARGET pass_prefetch(const std::uint8_t* next_unit, std::int64_t unit_bytes,
                                std::int64_t blocks, int passes) {
     if (next_unit == nullptr || passes < 2) return;
     next = reinterpret_cast<const char*>(next_unit);
-    unit_lines = (unit_bytes + 63) / 64;
+    const std::int64_t unit_lines = (unit_bytes + 63) / 64;
     lines = static_cast<int>((unit_lines + passes * blocks - 1) / (passes * blocks));
+    share_lines = lines * blocks;
+    // A unit is at least one group, 4.25 lines per block, so one share never outgrows it.
+    last_share = unit_lines - share_lines;
   }
-  /// The first line of pass `pass`'s share (the last share ends at the unit's end).
-  DUET_Q8_TARGET const char* share(int pass, std::int64_t blocks) const {
-    if (lines == 0) return nullptr;
-    const std::int64_t share_lines = lines * blocks;
-    return next + 64 * std::min(pass * share_lines, unit_lines - share_lines);
+  /// The first line of pass `pass`'s share.
+  DUET_Q8_TARGET const char* share(int pass) const {
+    return lines == 0 ? nullptr : next + 64 * std::min(pass * share_lines, last_share);
   }
   /// Issued once per block b of a pass, beside the kernel's loads.
   DUET_Q8_TARGET void at_block(const char* share, std::int64_t b) const {
@@ -344,12 +348,12 @@ DUET_Q8_TARGET std::int64_t matmul_packed(const tensor_view& w, const q8_activat
     int pass = 0;
     for (; t + DUET_Q8_TILE_TOKENS <= n; t += DUET_Q8_TILE_TOKENS, ++pass) {
       packed_pair<DUET_Q8_TILE_TOKENS>(group_at(g), group_at(g + 1), blocks, xq, xbias, t, out,
-                                       t == 0 && stream, plan, plan.share(pass, blocks));
+                                       t == 0 && stream, plan, plan.share(pass));
       for (int j = 0; j < DUET_Q8_TILE_TOKENS; ++j) store_pair(t + j, out[j]);
     }
     for (; t < n; ++t, ++pass) {
       packed_pair<1>(group_at(g), group_at(g + 1), blocks, xq, xbias, t, out, t == 0 && stream,
-                     plan, plan.share(pass, blocks));
+                     plan, plan.share(pass));
       store_pair(t, out[0]);
     }
   }
@@ -363,12 +367,11 @@ DUET_Q8_TARGET std::int64_t matmul_packed(const tensor_view& w, const q8_activat
     __m256 out[DUET_Q8_TILE_TOKENS];
     for (; t + DUET_Q8_TILE_TOKENS <= n; t += DUET_Q8_TILE_TOKENS, ++pass) {
       packed_group<DUET_Q8_TILE_TOKENS>(group, blocks, xq, xbias, t, out, t == 0 && stream, plan,
-                                        plan.share(pass, blocks));
+                                        plan.share(pass));
       for (int j = 0; j < DUET_Q8_TILE_TOKENS; ++j) store(g, t + j, out[j]);
     }
     for (; t < n; ++t, ++pass) {
-      packed_group<1>(group, blocks, xq, xbias, t, out, t == 0 && stream, plan,
-                      plan.share(pass, blocks));
+      packed_group<1>(group, blocks, xq, xbias, t, out, t == 0 && stream, plan, plan.share(pass));
       store(g, t, out[0]);
     }
   }

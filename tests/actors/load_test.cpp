@@ -2,6 +2,7 @@
 #include "tests/actors/fabric_support.hpp"
 
 #include "engine/tokenizer.hpp"
+#include "tests/support/seed.hpp"
 
 #include <array>
 #include <atomic>
@@ -13,8 +14,7 @@ using namespace duet::test;
 
 TEST_CASE("64 concurrent requests with mixed prompt and output lengths all complete with their "
           "solo-run tokens") {
-  std::uint64_t seed = 20260127;
-  if (const char* env = std::getenv("DUET_TEST_SEED")) seed = std::strtoull(env, nullptr, 10);
+  const std::uint64_t seed = test_seed_or(20260127);
   INFO("seed " << seed << " (set DUET_TEST_SEED to replay)");
   std::mt19937_64 rng{seed};
   auto cfg = stories_config();

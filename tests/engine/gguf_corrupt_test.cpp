@@ -6,6 +6,7 @@
 #include "engine/model_file.hpp"
 #include "gguf_test_support.hpp"
 #include "tests/support/models.hpp"
+#include "tests/support/seed.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -165,8 +166,7 @@ TEST_CASE("the unmodified file passes the fuzzing entry point") {
 
 TEST_CASE("random byte damage to the header region never crashes the parser") {
   // Seeded; set DUET_TEST_SEED to replay a run.
-  std::uint64_t seed = std::random_device{}();
-  if (const char* s = std::getenv("DUET_TEST_SEED")) seed = std::strtoull(s, nullptr, 10);
+  const std::uint64_t seed = duet::test::test_seed();
   INFO("seed " << seed << " (DUET_TEST_SEED to replay)");
   std::printf("gguf damage test seed %llu\n", static_cast<unsigned long long>(seed));
   const bytes_t original = duet::test::read_bytes(duet::test::model_file("stories260K.gguf"));

@@ -6,6 +6,7 @@
 #include "engine/kernels.hpp"
 #include "engine/kv_cache.hpp"
 #include "engine/q8_pack.hpp"
+#include "tests/support/seed.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -20,15 +21,7 @@ using namespace duet::engine;
 
 namespace {
 
-std::uint32_t test_seed() {
-  static const std::uint32_t seed = [] {
-    std::uint32_t s = std::random_device{}();
-    if (const char* env = std::getenv("DUET_TEST_SEED"))
-      s = static_cast<std::uint32_t>(std::stoul(env));
-    return s;
-  }();
-  return seed;
-}
+using duet::test::test_seed;
 
 /// Weights stored as `type`, plus their exact f32 values.
 struct weights {

@@ -2,6 +2,7 @@
 // AVX2 xxh3) must give the value of the portable XXH3_64bits for every length and alignment,
 // or a receiver on another CPU would reject every segment as corrupt.
 #include "messages/kv_segment.hpp"
+#include "tests/support/seed.hpp"
 
 #include <xxhash.h>
 
@@ -15,12 +16,6 @@ using namespace duet;
 
 namespace {
 
-/// The test's seed: random, or DUET_TEST_SEED to replay a failure.
-std::uint64_t test_seed() {
-  if (const char* env = std::getenv("DUET_TEST_SEED")) return std::strtoull(env, nullptr, 10);
-  return std::random_device{}();
-}
-
 /// `n` random bytes.
 std::vector<std::byte> random_bytes(std::mt19937_64& rng, std::size_t n) {
   std::vector<std::byte> bytes(n);
@@ -31,7 +26,7 @@ std::vector<std::byte> random_bytes(std::mt19937_64& rng, std::size_t n) {
 } // namespace
 
 TEST_CASE("the segment checksum equals the portable XXH3_64bits for every length and offset") {
-  const std::uint64_t seed = test_seed();
+  const std::uint64_t seed = test::test_seed();
   INFO("seed " << seed << " (set DUET_TEST_SEED to replay)");
   std::mt19937_64 rng(seed);
   const auto bytes = random_bytes(rng, (std::size_t{1} << 20) + 64);
@@ -50,7 +45,7 @@ TEST_CASE("the segment checksum equals the portable XXH3_64bits for every length
 }
 
 TEST_CASE("the checksum over pieces equals the checksum of their concatenation") {
-  const std::uint64_t seed = test_seed();
+  const std::uint64_t seed = test::test_seed();
   INFO("seed " << seed << " (set DUET_TEST_SEED to replay)");
   std::mt19937_64 rng(seed);
   const auto bytes = random_bytes(rng, (std::size_t{3} << 20) + 17);
