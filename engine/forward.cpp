@@ -203,11 +203,12 @@ void runner::layers_chunk(kv_cache& kv, int n, int first_layer, int last_layer, 
 
     // -- attention ---------------------------------------------------------------------------
     in.reset(xb, D, n, D, q8(lw.wq) || q8(lw.wk) || q8(lw.wv));
-    each_row(n, [&, pending = residual_pending](int i) {
+    each_rows(n, [&, pending = residual_pending](int b, int e) {
       if (pending)
-        for (int j = 0; j < D; ++j) row(x, i, D)[j] += row(xb, i, D)[j];
-      kernels::rmsnorm(row(xb, i, D), row(x, i, D), rms_att, D, c.rms_eps);
-      in.quantize_rows(i, i + 1);
+        for (int i = b; i < e; ++i)
+          for (int j = 0; j < D; ++j) row(x, i, D)[j] += row(xb, i, D)[j];
+      kernels::rmsnorm_rows(row(xb, b, D), row(x, b, D), D, e - b, rms_att, D, c.rms_eps);
+      in.quantize_rows(b, e);
     });
     residual_pending = false;
     // q, k and v in one parallel pass over their concatenated output rows.
@@ -289,12 +290,11 @@ void runner::layers_chunk(kv_cache& kv, int n, int first_layer, int last_layer, 
     // -- feed-forward (SwiGLU) ---------------------------------------------------------------
     // xb is overwritten in place by the norm: the residual x += wo's output comes first.
     in.reset(xb, D, n, D, q8(lw.w1) || q8(lw.w3));
-    each_row(n, [&](int i) {
-      float* xi = row(x, i, D);
-      float* xbi = row(xb, i, D);
-      for (int j = 0; j < D; ++j) xi[j] += xbi[j];
-      kernels::rmsnorm(xbi, xi, rms_ffn, D, c.rms_eps);
-      in.quantize_rows(i, i + 1);
+    each_rows(n, [&](int b, int e) {
+      for (int i = b; i < e; ++i)
+        for (int j = 0; j < D; ++j) row(x, i, D)[j] += row(xb, i, D)[j];
+      kernels::rmsnorm_rows(row(xb, b, D), row(x, b, D), D, e - b, rms_ffn, D, c.rms_eps);
+      in.quantize_rows(b, e);
     });
     pool_.parallel_for(2 * H, [&](std::int64_t b, std::int64_t e, int) {
       auto part = [&](const tensor_view& w, std::int64_t off) {
@@ -334,10 +334,10 @@ void runner::logits(std::span<const float> x, std::span<float> out) {
     float* xb = ws_->xb.data();
     auto& in = ws_->in;
     in.reset(xb, c.dim, n, c.dim, weights_.classifier.type == dtype::q8_0);
-    each_row(n, [&](int i) {
-      const auto r = static_cast<std::size_t>(i);
-      kernels::rmsnorm(xb + r * D, x.data() + (done + r) * D, rms, c.dim, c.rms_eps);
-      in.quantize_rows(i, i + 1);
+    each_rows(n, [&](int b, int e) {
+      const auto r = static_cast<std::size_t>(b);
+      kernels::rmsnorm_rows(xb + r * D, x.data() + (done + r) * D, D, e - b, rms, c.dim, c.rms_eps);
+      in.quantize_rows(b, e);
     });
     float* o = out.data() + done * V;
     pool_.parallel_for(c.vocab_size, [&](std::int64_t b, std::int64_t e, int) {

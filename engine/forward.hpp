@@ -83,12 +83,20 @@ private:
   /// thread (a pool dispatch costs more than a row-wise step on one row).
   template <class Fn>
   void each_row(int n, Fn&& fn) {
+    each_rows(n, [&](int b, int e) {
+      for (int i = b; i < e; ++i) fn(i);
+    });
+  }
+  /// fn(b, e) over ranges of rows that cover [0, n) once, split as each_row splits them (for
+  /// steps that do several rows at once).
+  template <class Fn>
+  void each_rows(int n, Fn&& fn) {
     if (pool_.threads() == 1 || n < 4) {
-      for (int i = 0; i < n; ++i) fn(i);
+      if (n > 0) fn(0, n);
       return;
     }
     pool_.parallel_for(n, [&](std::int64_t b, std::int64_t e, int) {
-      for (auto i = b; i < e; ++i) fn(static_cast<int>(i));
+      fn(static_cast<int>(b), static_cast<int>(e));
     });
   }
   /// Runs the n rows staged in the workspace (row_seq/row_pos/row_table) through layers.

@@ -204,6 +204,18 @@ DUET_AVX2 inline __m256 hsum8(const __m256* v) {
                        _mm256_shuffle_ps(abcd, efgh, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
+/// The two 8-lane halves of a 512-bit register. Masked extracts (mask all ones): the plain ones,
+/// and g++ 12's cast, which is one, have an undefined source that g++ 12 warns about (GCC bug
+/// 105593).
+DUET_AVX512F inline __m256 low_half(__m512 v) {
+  return _mm256_castpd_ps(
+      _mm512_mask_extractf64x4_pd(_mm256_setzero_pd(), 0xf, _mm512_castps_pd(v), 0));
+}
+DUET_AVX512F inline __m256 high_half(__m512 v) {
+  return _mm256_castpd_ps(
+      _mm512_mask_extractf64x4_pd(_mm256_setzero_pd(), 0xf, _mm512_castps_pd(v), 1));
+}
+
 /// Rows per register tile; thread_pool chunks are multiples of this, so tails are rare.
 constexpr int tile_rows = 4;
 
@@ -330,10 +342,7 @@ DUET_AVX512F void tile_f32_pairs(const float* const* rows, std::int64_t cols, co
   DUET_UNROLL
   for (int i = 0; i < R; ++i) DUET_UNROLL
   for (int p = 0; p < NP; ++p) {
-    const __m512d a = _mm512_castps_pd(acc[i][p]);
-    const __m256 half[2] = {
-        _mm256_castpd_ps(_mm512_mask_extractf64x4_pd(_mm256_setzero_pd(), 0xf, a, 0)),
-        _mm256_castpd_ps(_mm512_mask_extractf64x4_pd(_mm256_setzero_pd(), 0xf, a, 1))};
+    const __m256 half[2] = {low_half(acc[i][p]), high_half(acc[i][p])};
     DUET_UNROLL
     for (int h = 0; h < 2; ++h) {
       const int t = t0 + 2 * p + h;
@@ -529,11 +538,29 @@ DUET_AVX2 inline __m256 exp_avx2(__m256 x) {
   return _mm256_mul_ps(y, _mm256_castsi256_ps(n));
 }
 
-/// softmax with exp_avx2: the max, then e^(x - max) and their sum 8 lanes at a time.
-DUET_AVX2 void softmax_avx2(float* x, int size) {
+/// The largest of x[0..size), 8 lanes at a time (a maximum is exact in any order: the same
+/// value as the scalar loop's, for the finite scores a softmax gets).
+DUET_AVX2 inline float max_avx2(const float* x, int size) {
   float max_val = x[0];
-  for (int i = 1; i < size; ++i)
+  int i = 0;
+  if (size >= 8) {
+    __m256 m = _mm256_loadu_ps(x);
+    for (i = 8; i + 8 <= size; i += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + i));
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    max_val = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+  }
+  for (; i < size; ++i)
     if (x[i] > max_val) max_val = x[i];
+  return max_val;
+}
+
+/// softmax with exp_avx2: the max, then e^(x - max) and their sum 8 lanes at a time. Tried and
+/// dropped (2026-11-29): the exponentials and divisions 16 lanes at a time in 512-bit registers
+/// (the same bits): a 512-token prefill measured the same (455-457 ms either way, alternated in
+/// one process, stories110M q8_0, 1 thread).
+DUET_AVX2 void softmax_avx2(float* x, int size) {
+  const float max_val = max_avx2(x, size);
   const __m256 mv = _mm256_set1_ps(max_val);
   __m256 sum8 = _mm256_setzero_ps();
   int i = 0;
@@ -791,6 +818,74 @@ DUET_AVX2 void attention_avx2(const float* q, const kv_cache& kv,
   weighted_v_rows(w, &a, 1, n_pos, &out);
 }
 
+/// The scores of one step of positions as hsum8 returns them (rows 0 and 1 in the low half, 2
+/// and 3 in the high half, each row's two positions t and t + 1 side by side), divided, into
+/// the 4 rows' score arrays.
+DUET_AVX2 inline void store_scores_4x2(__m256 sc, float* const* ar, int t) {
+  const __m128 lo = _mm256_castps256_ps128(sc), hi = _mm256_extractf128_ps(sc, 1);
+  _mm_storel_pi(reinterpret_cast<__m64*>(ar[0] + t), lo);
+  _mm_storeh_pi(reinterpret_cast<__m64*>(ar[1] + t), lo);
+  _mm_storel_pi(reinterpret_cast<__m64*>(ar[2] + t), hi);
+  _mm_storeh_pi(reinterpret_cast<__m64*>(ar[3] + t), hi);
+}
+
+/// attention_rows_avx2's scores for 4 rows, 4 positions per step in 512-bit registers, over
+/// the whole steps in [0, common); returns the first position left unscored. A register holds
+/// two rows' 8-lane FMA chains for one position (rows 0 and 1, or 2 and 3, in lanes 0-7 and
+/// 8-15): the queries are packed side by side once per call, and each K load is broadcast to
+/// both halves and serves the 4 rows. Per (row, position) and lane the FMA chain is the 256-bit
+/// tile's, reduced by the same hsum8, so the scores are the same bits, for half the FMA
+/// instructions.
+DUET_AVX512F int scores_4rows_avx512(const head_walk& w, const float* const* qr, float* const* ar,
+                                     int common, float scale_div) {
+  const int hs = w.hs, steps = hs / 8;
+  thread_local std::vector<float> pairs; // [row pair][step][16]: rows 2p and 2p + 1 side by side
+  pairs.resize(static_cast<std::size_t>(4 * hs));
+  for (int p = 0; p < 2; ++p)
+    for (int s = 0; s < steps; ++s)
+      for (int l = 0; l < 16; ++l)
+        pairs[static_cast<std::size_t>((p * steps + s) * 16 + l)] =
+            qr[2 * p + l / 8][8 * s + l % 8];
+  const float* q0 = pairs.data();
+  const float* q1 = pairs.data() + steps * 16;
+  const __m256 divisor = _mm256_set1_ps(scale_div);
+  int t = 0;
+  for (; t + 4 <= common; t += 4) {
+    const std::byte* k[4];
+    __m512 acc[2][4]; // [row pair][position]
+    DUET_UNROLL
+    for (int j = 0; j < 4; ++j) {
+      k[j] = w.k(t + j);
+      acc[0][j] = acc[1][j] = _mm512_setzero_ps();
+    }
+    for (int s = 0; s < steps; ++s) {
+      const __m512 qa = _mm512_loadu_ps(q0 + s * 16), qb = _mm512_loadu_ps(q1 + s * 16);
+      DUET_UNROLL
+      for (int j = 0; j < 4; ++j) {
+        const __m512 kb = _mm512_castpd_ps(_mm512_mask_broadcast_f64x4(
+            _mm512_setzero_pd(), 0xff, _mm256_castps_pd(w.load(k[j], 8 * s))));
+        acc[0][j] = _mm512_fmadd_ps(qa, kb, acc[0][j]);
+        acc[1][j] = _mm512_fmadd_ps(qb, kb, acc[1][j]);
+      }
+    }
+    DUET_UNROLL
+    for (int half = 0; half < 2; ++half) { // positions t + 2 * half and the one after it
+      // Row r = 2p + h, position t + 2 * half + j in v[(h * 2 + j) * 2 + p], as the 256-bit tile.
+      __m256 v[8];
+      DUET_UNROLL
+      for (int p = 0; p < 2; ++p) {
+        DUET_UNROLL
+        for (int j = 0; j < 2; ++j) {
+          v[j * 2 + p] = low_half(acc[p][2 * half + j]);
+          v[(2 + j) * 2 + p] = high_half(acc[p][2 * half + j]);
+        }
+      }
+      store_scores_4x2(_mm256_div_ps(hsum8(v), divisor), ar, t + 2 * half);
+    }
+  }
+  return t;
+}
+
 /// attention_rows for up to 4 rows at a time: the scores of 4 rows x 2 positions per step (8
 /// FMA chains; each K load serves 4 rows, each query load 2 positions); the positions only the
 /// later rows see (causal) one row at a time. Per (row, position) the same FMA chain and the
@@ -821,6 +916,8 @@ DUET_AVX2 void attention_rows_avx2(const float* q, std::int64_t q_stride, const 
     }
     int t = 0;
     if (R == 4) {
+      if (current_simd() == simd::avx512_vnni)
+        t = scores_4rows_avx512(w, qr, ar, common, scale_div);
       const __m256 divisor = _mm256_set1_ps(scale_div);
       for (; t + 2 <= common; t += 2) {
         const std::byte* k0 = w.k(t);
@@ -840,12 +937,7 @@ DUET_AVX2 void attention_rows_avx2(const float* q, std::int64_t q_stride, const 
             acc[m + 2] = _mm256_fmadd_ps(qv, kv1, acc[m + 2]);
           }
         }
-        const __m256 sc = _mm256_div_ps(hsum8(acc), divisor);
-        const __m128 lo = _mm256_castps256_ps128(sc), hi = _mm256_extractf128_ps(sc, 1);
-        _mm_storel_pi(reinterpret_cast<__m64*>(ar[0] + t), lo);
-        _mm_storeh_pi(reinterpret_cast<__m64*>(ar[1] + t), lo);
-        _mm_storel_pi(reinterpret_cast<__m64*>(ar[2] + t), hi);
-        _mm_storeh_pi(reinterpret_cast<__m64*>(ar[3] + t), hi);
+        store_scores_4x2(_mm256_div_ps(hsum8(acc), divisor), ar, t);
       }
     }
     float* outs[4];
@@ -987,13 +1079,46 @@ void matmul(const tensor_view& w, const float* x, std::int64_t x_stride, int n, 
   matmul(w, in, y, y_stride, row_begin, row_end);
 }
 
-void rmsnorm(float* out, const float* x, const float* weight, int size, float eps) {
-  float ss = 0.0f;
-  for (int j = 0; j < size; ++j) ss += x[j] * x[j];
+namespace {
+/// rmsnorm's scaling, once the row's sum of squares is known.
+void rmsnorm_scale(float* out, const float* x, const float* weight, int size, float eps, float ss) {
   ss /= static_cast<float>(size);
   ss += eps;
   ss = 1.0f / std::sqrt(ss);
   for (int j = 0; j < size; ++j) out[j] = weight[j] * (ss * x[j]);
+}
+} // namespace
+
+void rmsnorm(float* out, const float* x, const float* weight, int size, float eps) {
+  float ss = 0.0f;
+  for (int j = 0; j < size; ++j) ss += x[j] * x[j];
+  rmsnorm_scale(out, x, weight, size, eps, ss);
+}
+
+// The sum of squares is one chain of dependent additions, in run.c's order (its bits are the
+// reference): about 4 cycles per value, for 768 values a row. Four rows' chains side by side
+// overlap those latencies, each row's additions in the same order. Compiled without FMA (no
+// target attribute), as rmsnorm, so x * x is rounded before each addition in both.
+void rmsnorm_rows(float* out, const float* x, std::int64_t stride, int rows, const float* weight,
+                  int size, float eps) {
+  int r = 0;
+  for (; r + 4 <= rows; r += 4) {
+    const float* x0 = x + r * stride;
+    const float* x1 = x0 + stride;
+    const float* x2 = x1 + stride;
+    const float* x3 = x2 + stride;
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+    for (int j = 0; j < size; ++j) {
+      s0 += x0[j] * x0[j];
+      s1 += x1[j] * x1[j];
+      s2 += x2[j] * x2[j];
+      s3 += x3[j] * x3[j];
+    }
+    const float sums[4] = {s0, s1, s2, s3};
+    for (int k = 0; k < 4; ++k)
+      rmsnorm_scale(out + (r + k) * stride, x + (r + k) * stride, weight, size, eps, sums[k]);
+  }
+  for (; r < rows; ++r) rmsnorm(out + r * stride, x + r * stride, weight, size, eps);
 }
 
 void softmax(float* x, int size) {
@@ -1105,12 +1230,17 @@ void rope_table(float* table, int seq_len, int head_size, float theta) {
     }
 }
 
+// Head by head: the pair's place in its head without an integer division per pair (which was
+// most of rope's time: 2.7% of a 512-token prefill's samples, perf, stories110M q8_0).
 void rope(float* vec, int size, int head_size, const float* table_at_pos) {
-  for (int i = 0; i < size; i += 2) {
-    const float* c = table_at_pos + (i % head_size) / 2 * 2;
-    float v0 = vec[i], v1 = vec[i + 1];
-    vec[i] = v0 * c[0] - v1 * c[1];
-    vec[i + 1] = v0 * c[1] + v1 * c[0];
+  for (int h = 0; h < size; h += head_size) {
+    float* v = vec + h;
+    for (int i = 0; i < head_size; i += 2) {
+      const float* c = table_at_pos + i;
+      const float v0 = v[i], v1 = v[i + 1];
+      v[i] = v0 * c[0] - v1 * c[1];
+      v[i + 1] = v0 * c[1] + v1 * c[0];
+    }
   }
 }
 

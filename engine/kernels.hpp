@@ -112,6 +112,11 @@ void matmul(const tensor_view& w, const matmul_input& in, float* y, std::int64_t
 /// out = x / sqrt(mean(x^2) + eps) * weight   (size values; out may alias x)
 void rmsnorm(float* out, const float* x, const float* weight, int size, float eps);
 
+/// rmsnorm of `rows` rows at `stride` floats apart (out may alias x): the same bits as rmsnorm
+/// row by row, several rows' sums of squares computed side by side.
+void rmsnorm_rows(float* out, const float* x, std::int64_t stride, int rows, const float* weight,
+                  int size, float eps);
+
 /// Softmax in place over size values (max-subtracted, as run.c). The SIMD levels compute e^x 8
 /// lanes at a time (exp_rows), within 2 ulp of expf, and sum in 8 partial sums.
 void softmax(float* x, int size);

@@ -337,6 +337,32 @@ TEST_CASE("rmsnorm, softmax and rope match their formulas") {
   }
 }
 
+TEST_CASE("rmsnorm_rows gives the same bits as rmsnorm row by row") {
+  std::mt19937 rng(test_seed());
+  INFO("seed " << test_seed());
+  std::normal_distribution<float> dist(0.0f, 2.0f);
+  // 7 rows: a group of 4 and 3 left over; a stride past the row so rows are not contiguous
+  const int n = 67, rows = 7, stride = n + 5;
+  std::vector<float> x(static_cast<std::size_t>(rows * stride)), w(n);
+  for (auto& e : x) e = dist(rng);
+  for (auto& e : w) e = dist(rng);
+  std::vector<float> out(x.size(), 0.0f), one(n);
+  kernels::rmsnorm_rows(out.data(), x.data(), stride, rows, w.data(), n, 1e-5f);
+  for (int r = 0; r < rows; ++r) {
+    kernels::rmsnorm(one.data(), x.data() + r * stride, w.data(), n, 1e-5f);
+    for (int i = 0; i < n; ++i) {
+      INFO("row " << r << " value " << i);
+      REQUIRE(out[static_cast<std::size_t>(r * stride + i)] == one[static_cast<std::size_t>(i)]);
+    }
+  }
+  // In place, as the forward pass calls it.
+  kernels::rmsnorm_rows(x.data(), x.data(), stride, rows, w.data(), n, 1e-5f);
+  for (int r = 0; r < rows; ++r)
+    for (int i = 0; i < n; ++i)
+      REQUIRE(x[static_cast<std::size_t>(r * stride + i)] ==
+              out[static_cast<std::size_t>(r * stride + i)]);
+}
+
 TEST_CASE("attention over the paged cache matches a scalar reference for f32 and f16 KV") {
   std::mt19937 rng(test_seed());
   INFO("seed " << test_seed());
