@@ -282,11 +282,11 @@ DUET_AVX2 void dequantize_rows(const tensor_view& w, std::int64_t r0, float* dst
 
 /// The tokens of a multi-token f32 matmul in pairs for tile_f32_pairs: pair q, 8 columns c:
 /// 16 floats, x[2q][8c .. 8c+7] then x[2q+1][8c .. 8c+7] (the columns past the last multiple
-/// of 8 stay in x). Filled per call, per thread: n x cols floats, a small copy beside the
-/// n x rows x cols multiply-adds, but done more than once per input where the forward pass
-/// multiplies one input by several matrices (q, k, v; w1, w3) or splits rows over threads.
-/// Filling it once per input, as matmul_input quantizes for q8_0, is not done yet; the figures
-/// below include these copies.
+/// of 8 stay in x). Filled per call, per thread: n x cols floats copied beside the n x rows x
+/// cols multiply-adds, 1/rows of the work per thread (1/768 for stories110M's smallest
+/// matrices), so it is left per call although the forward pass multiplies one input by several
+/// matrices (q, k, v; w1, w3) and splits rows over threads; the figures below include these
+/// copies.
 DUET_AVX2 void pack_token_pairs(const float* x, std::int64_t x_stride, int n, std::int64_t cols,
                                 std::vector<float>& out) {
   const std::int64_t cols8 = cols & ~std::int64_t{7};
