@@ -2,6 +2,7 @@
 
 #include <fmt/core.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -47,6 +48,47 @@ const char* type_name(const json& v) {
   return v.type_name();
 }
 
+/// How deep a request body may nest arrays and objects. OpenAI's requests nest 4 levels
+/// (messages[i].content[j].text); the bound leaves room for clients' extra fields and bounds
+/// the recursion of nlohmann's serializer and copies: a 1 MiB body of 100000 nested arrays
+/// inside a token-id prompt overflowed the stack of the thread that answered it (found by
+/// hand, 2026-11-29; fuzz/fuzz_openai_request.cpp now covers it).
+constexpr int body_depth_max = 32;
+
+/// The deepest nesting of arrays and objects in a JSON text (strings skipped), or the first
+/// depth past `limit`. Malformed text is the parser's to report: this only bounds the depth.
+int nesting_depth(std::string_view text, int limit) {
+  int depth = 0, deepest = 0;
+  bool in_string = false, escaped = false;
+  for (char c : text) {
+    if (in_string) {
+      if (escaped)
+        escaped = false;
+      else if (c == '\\')
+        escaped = true;
+      else if (c == '"')
+        in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      deepest = std::max(deepest, ++depth);
+      if (depth > limit) return depth;
+    } else if (c == ']' || c == '}') {
+      --depth;
+    }
+  }
+  return deepest;
+}
+
+/// A value for an error message: compact JSON, ASCII only (so cutting it splits no UTF-8
+/// character), at most 64 characters of it.
+std::string excerpt(const json& v) {
+  std::string text = v.dump(-1, ' ', true, json::error_handler_t::replace);
+  constexpr std::size_t max = 64;
+  if (text.size() > max) text = text.substr(0, max) + "...";
+  return text;
+}
+
 bool present(const json& body, const char* key) {
   auto it = body.find(key);
   return it != body.end() && !it->is_null();
@@ -58,7 +100,7 @@ double number_in(const json& body, const char* key, double lo, double hi, bool l
   double x = v.get<double>();
   if (!std::isfinite(x) || x > hi || (lo_open ? x <= lo : x < lo))
     fail(key, fmt::format("'{}' must be in {}{}, {}], got {}", key, lo_open ? "(" : "[", lo, hi,
-                          v.dump()));
+                          excerpt(v)));
   return x;
 }
 
@@ -66,7 +108,7 @@ std::int64_t integer(const json& body, const char* key) {
   const json& v = body.at(key);
   if (!v.is_number_integer())
     fail(key, fmt::format("'{}' must be an integer, got {}", key,
-                          v.is_number() ? v.dump() : std::string{type_name(v)}));
+                          v.is_number() ? excerpt(v) : std::string{type_name(v)}));
   return v.is_number_unsigned() &&
                  v.get<std::uint64_t>() >
                      static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())
@@ -80,7 +122,8 @@ std::vector<int> token_ids(const json& arr, const char* key) {
   for (const auto& t : arr) {
     if (!t.is_number_integer() || t.get<std::int64_t>() < 0 ||
         t.get<std::int64_t>() > std::numeric_limits<int>::max())
-      fail(key, fmt::format("'{}' token ids must be non-negative integers, got {}", key, t.dump()));
+      fail(key,
+           fmt::format("'{}' token ids must be non-negative integers, got {}", key, excerpt(t)));
     ids.push_back(t.get<int>());
   }
   return ids;
@@ -206,6 +249,9 @@ void refuse_unsupported(const json& body, endpoint_kind kind) {
 }
 
 openai_request parse(endpoint_kind kind, std::string_view text) {
+  if (nesting_depth(text, body_depth_max) > body_depth_max)
+    throw invalid{bad_request(fmt::format(
+        "request body nests arrays and objects more than {} levels deep", body_depth_max))};
   json body;
   try {
     body = json::parse(text);

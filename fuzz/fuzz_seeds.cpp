@@ -1,11 +1,13 @@
 // fuzz_seeds <corpus-root>: writes valid encoded messages as seeds into
-// <corpus-root>/fuzz_stream_frame and <corpus-root>/fuzz_control, so the fuzzers start from
-// real message shapes instead of discovering Cap'n Proto framing from nothing.
+// <corpus-root>/fuzz_stream_frame and <corpus-root>/fuzz_control, and request bodies into
+// <corpus-root>/fuzz_openai_request, so the fuzzers start from real message shapes instead of
+// discovering Cap'n Proto framing or the request fields from nothing.
 #include "messages/control.hpp"
 #include "messages/stream_frame.hpp"
 
 #include <filesystem>
 #include <fstream>
+#include <string_view>
 
 using namespace duet::messages;
 
@@ -16,6 +18,12 @@ void write(const std::filesystem::path& dir, const std::string& name,
   std::filesystem::create_directories(dir);
   std::ofstream(dir / name, std::ios::binary)
       .write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
+}
+
+void write_text(const std::filesystem::path& dir, const std::string& name, std::string_view s) {
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir / name, std::ios::binary)
+      .write(s.data(), static_cast<std::streamsize>(s.size()));
 }
 
 } // namespace
@@ -50,5 +58,16 @@ int main(int argc, char** argv) {
   write(control, "token_chunk", encode(token_chunk{1, 2, {5, 6}, {3, 4}, false, {}}));
   write(control, "node_hello", encode(node_hello{1, "n", "cpu", true, true, "inproc://kv"}));
   write(control, "heartbeat", encode(heartbeat{"n", 1, 2, 3}));
+
+  auto requests = root / "fuzz_openai_request";
+  write_text(requests, "completion",
+             R"({"model":"m","prompt":"Once upon a time","max_tokens":16,"temperature":0,)"
+             R"("top_p":0.9,"top_k":40,"seed":7,"stop":["\n","The end"],"stream":true,)"
+             R"("stream_options":{"include_usage":true},"user":"u","return_token_ids":true})");
+  write_text(requests, "completion_ids", R"({"prompt":[[1,2,3]],"max_tokens":4,"n":1})");
+  write_text(requests, "chat",
+             R"({"messages":[{"role":"system","content":"Be brief."},{"role":"user",)"
+             R"("content":[{"type":"text","text":"Hi"}]},{"role":"assistant"}],)"
+             R"("max_completion_tokens":8,"stop":"x"})");
   return 0;
 }

@@ -11,7 +11,7 @@ CC=clang CXX=clang++ cmake -S "$root" -B "$build" -G Ninja -DDUET_FUZZ=ON -DDUET
   -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBUILD_TESTING=OFF \
   -DCMAKE_CXX_FLAGS="-fsanitize=fuzzer-no-link,address,undefined" \
   -DCMAKE_C_FLAGS="-fsanitize=fuzzer-no-link,address,undefined" >/dev/null
-targets=(fuzz_stream_frame fuzz_control fuzz_gguf)
+targets=(fuzz_stream_frame fuzz_control fuzz_gguf fuzz_openai_request)
 cmake --build "$build" --target "${targets[@]}" fuzz_seeds -j2
 "$build/fuzz/fuzz_seeds" "$build/corpus"
 models=${DUET_MODELS_DIR:-$root/../shared/models}

@@ -69,6 +69,27 @@ TEST_CASE("Requests accept OpenAI's prompt and stop forms and refuse the unsuppo
   refused(R"({"prompt":"a","logprobs":3})", "logprobs");
   refused(R"({"prompt":"a","echo":true})", "echo");
   refused(R"({"prompt":"a","stream":"yes"})", "stream");
+  // Deep nesting is refused before parsing (it overflowed the stack when an error message
+  // printed the value); brackets inside strings, escaped quotes included, do not count.
+  const std::string deep(100000, '[');
+  refused(R"({"prompt":[1,)" + deep + std::string(100000, ']') + "]}", "");
+  refused(R"({"prompt":"a","user":)" + std::string(33, '[') + std::string(33, ']') + "}", "");
+  auto nested_ok =
+      parse_request(endpoint_kind::completions, R"({"prompt":"a\"[[[)" + std::string(100, '[') +
+                                                    R"(","metadata":)" + std::string(30, '[') +
+                                                    std::string(30, ']') + "}");
+  INFO(nested_ok.error.message);
+  REQUIRE(nested_ok.request);
+  CHECK(nested_ok.request->prompt == "a\"[[[" + std::string(100, '['));
+  auto deep_error =
+      parse_request(endpoint_kind::completions,
+                    R"({"prompt":[1,)" + deep.substr(0, 40) + std::string(40, ']') + "]}");
+  CHECK(deep_error.error.message.find("levels deep") != std::string::npos);
+  // A bad value is quoted in the error, shortened.
+  auto long_value = parse_request(endpoint_kind::completions,
+                                  R"({"prompt":[1,")" + std::string(5000, 'x') + R"("]})");
+  REQUIRE(!long_value.request);
+  CHECK(long_value.error.message.size() < 200);
   auto chat =
       parse_request(endpoint_kind::chat, R"({"messages":[{"role":"wizard","content":"x"}]})");
   REQUIRE(!chat.request);
