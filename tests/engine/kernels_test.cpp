@@ -117,7 +117,9 @@ TEST_CASE("matmul of f32, f16 and q8_0 weights matches a scalar reference") {
                  // 4-row single-token groups, 3-token tiles with 2- and 1-token tails, many
                  // tokens per dequantized row group, a column tail in the multi-token path
                  shape{16, 96, 1}, shape{12, 100, 1}, shape{21, 128, 7}, shape{8, 64, 8},
-                 shape{12, 192, 32}, shape{10, 44, 6}}) {
+                 shape{12, 192, 32}, shape{10, 44, 6},
+                 // packed: 5 groups (two 512-bit pairs and one alone), 9 tokens (8, then 1)
+                 shape{44, 64, 9}}) {
     if (type == dtype::q8_0 && s.cols % 32 != 0) continue;
     auto w = make_weights(type, s.rows, s.cols, rng);
     if (packed) pack(w);
@@ -229,7 +231,9 @@ TEST_CASE("q8_0 matmul gives bit-identical results with and without VNNI") {
   }
   std::mt19937 rng(test_seed());
   INFO("seed " << test_seed() << " (set DUET_TEST_SEED to replay)");
-  const int rows = 37, cols = 320;
+  // 45 rows: 5 packed groups (the 512-bit kernel takes two at a time: two pairs, then one
+  // alone), then 5 rows in the file layout
+  const int rows = 45, cols = 320;
   auto file_layout = make_weights(dtype::q8_0, rows, cols, rng), packed = file_layout;
   packed.view.data = packed.bytes.data();
   pack(packed);
@@ -249,17 +253,21 @@ TEST_CASE("q8_0 matmul gives bit-identical results with and without VNNI") {
                << (w == &packed ? " packed" : "") << " n " << n << " at " << i);
           REQUIRE(got[i] == ref[i]);
         }
-        // Rows [4, 37) as a thread's chunk would be: 512-bit passes over 4 and 2 packed groups
-        // that start inside a group store only their rows.
-        std::vector<float> split(ref.size(), -7.0f);
-        kernels::matmul(w->view, x.data(), cols, n, split.data(), rows, 4, rows);
-        for (int t = 0; t < n; ++t)
-          for (int r = 0; r < rows; ++r) {
-            INFO(kernels::simd_level() << (w == &packed ? " packed" : "") << " n " << n
-                                       << " rows [4, 37) token " << t << " row " << r);
-            const auto i = static_cast<std::size_t>(t * rows + r);
-            REQUIRE(split[i] == (r < 4 ? -7.0f : ref[i]));
-          }
+        // Rows [begin, 45) as a thread's chunk would be: starting inside a group (4), the pass
+        // over that group stores only its rows; starting at group 1 (12), the 512-bit kernel
+        // pairs groups 1-2 and 3-4 instead of 0-1 and 2-3.
+        for (int begin : {4, 12}) {
+          std::vector<float> split(ref.size(), -7.0f);
+          kernels::matmul(w->view, x.data(), cols, n, split.data(), rows, begin, rows);
+          for (int t = 0; t < n; ++t)
+            for (int r = 0; r < rows; ++r) {
+              INFO(kernels::simd_level()
+                   << (w == &packed ? " packed" : "") << " n " << n << " rows [" << begin << ", "
+                   << rows << ") token " << t << " row " << r);
+              const auto i = static_cast<std::size_t>(t * rows + r);
+              REQUIRE(split[i] == (r < begin ? -7.0f : ref[i]));
+            }
+        }
       }
     }
   kernels::set_simd_limit(kernels::best_simd());
