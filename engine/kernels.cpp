@@ -1230,8 +1230,8 @@ void rope_table(float* table, int seq_len, int head_size, float theta) {
     }
 }
 
-// Head by head: the pair's place in its head without an integer division per pair (which was
-// most of rope's time: 2.7% of a 512-token prefill's samples, perf, stories110M q8_0).
+// Head by head: the pair's place in its head without an integer division per pair (rope, with
+// one, was 2.7% of a 512-token prefill's samples: perf, stories110M q8_0, 1 thread).
 void rope(float* vec, int size, int head_size, const float* table_at_pos) {
   for (int h = 0; h < size; h += head_size) {
     float* v = vec + h;
