@@ -24,8 +24,8 @@ public:
 
   // -- encoding / decoding -------------------------------------------------------------------
 
-  /// Token ids of `text`, with BOS first when `add_bos`. Never allocates per merge step beyond
-  /// the output vector and one scratch string.
+  /// Token ids of `text`, with BOS first when `add_bos`. O(n log n) in the text's length (the
+  /// merges go through a heap; see merge_pairs), with run.c's tokens.
   std::vector<int> encode(std::string_view text, bool add_bos) const;
 
   /// Text of `token` following `prev_token`, with run.c's rules: after BOS a leading space is
@@ -49,6 +49,9 @@ public:
   int find_piece(std::string_view text) const;
 
 private:
+  /// encode()'s merging of adjacent pairs, in place.
+  void merge_pairs(std::vector<int>& tokens) const;
+
   std::vector<std::string> pieces_;
   std::vector<float> scores_;
   std::vector<int> sorted_ids_; ///< ids ordered by piece bytes, then id (binary search)

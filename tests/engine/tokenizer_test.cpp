@@ -1,8 +1,12 @@
 // The tokenizer against a plain transcription of run.c's encode() (linear piece lookup, no
 // shared code), round trips, and byte fallback.
 #include "engine_helpers.hpp"
+#include "tests/support/seed.hpp"
 
 #include <catch2/catch.hpp>
+
+#include <cstdio>
+#include <random>
 
 using namespace duet;
 
@@ -68,6 +72,80 @@ TEST_CASE("encode matches a plain transcription of run.c's encode") {
     INFO("text \"" << text << "\"");
     CHECK(tok.encode(text, true) == reference_encode(tok, text));
   }
+}
+
+TEST_CASE("encode matches run.c's encode on random texts, ties included") {
+  // encode merges through a heap (O(n log n)) where run.c rescans every pair per merge; the
+  // two must pick the same pair at every step: the best score, the leftmost on ties.
+  std::mt19937_64 rng(test::test_seed());
+  INFO("seed " << test::test_seed() << " (set DUET_TEST_SEED to replay)");
+  auto random_text = [&](const std::vector<std::string>& alphabet, int max_len) {
+    std::string text;
+    const int len = std::uniform_int_distribution<int>(0, max_len)(rng);
+    for (int i = 0; i < len; ++i)
+      text += alphabet[std::uniform_int_distribution<std::size_t>(0, alphabet.size() - 1)(rng)];
+    return text;
+  };
+  const auto& tok = test::tok512();
+  const std::vector<std::string> letters = {"a",
+                                            "b",
+                                            "e",
+                                            "n",
+                                            "o",
+                                            "s",
+                                            "t",
+                                            "h",
+                                            " ",
+                                            " ",
+                                            "the ",
+                                            "ing",
+                                            "Lily",
+                                            ".",
+                                            ",",
+                                            "\n",
+                                            "\xc3\xa9",
+                                            "\xe2\x82\xac",
+                                            "\xf0\x9f\x98\x80",
+                                            "aaaa"};
+  for (int i = 0; i < 200; ++i) {
+    const std::string text = random_text(letters, 60);
+    INFO("tok512, text \"" << text << "\"");
+    REQUIRE(tok.encode(text, true) == reference_encode(tok, text));
+  }
+  // A vocabulary where every merge ties (all scores equal), over a two-letter alphabet: only
+  // the leftmost rule decides. Ids 3..258 are the byte pieces, as reference_encode assumes.
+  std::vector<std::string> pieces = {"<unk>", "<s>", "</s>"};
+  for (int b = 0; b < 256; ++b) {
+    char name[8];
+    std::snprintf(name, sizeof name, "<0x%02X>", b);
+    pieces.push_back(name);
+  }
+  for (const char* p : {" ", "a", "b", "aa", "ab", "ba", "bb", " a", " b", "aab", "abb", "bab",
+                        "aaaa", "abab", " ab", "baba"})
+    pieces.push_back(p);
+  for (const float tie : {0.0f, -3.0f}) {
+    std::vector<float> scores(pieces.size(), tie);
+    const engine::tokenizer ties(pieces, scores, 1, 2);
+    for (int i = 0; i < 200; ++i) {
+      const std::string text = random_text({"a", "b", "a", "b", " "}, 40);
+      INFO("ties at " << tie << ", text \"" << text << "\"");
+      REQUIRE(ties.encode(text, true) == reference_encode(ties, text));
+    }
+  }
+}
+
+TEST_CASE("encode of a 256 KiB prompt ends and round-trips") {
+  // run.c's rescan per merge made this hours of work (a 64 KB prompt took 97 s), enough to
+  // hold a gateway thread for as long as a client liked; no time is asserted here, but a
+  // quadratic encode would not finish within the test's timeout.
+  const auto& tok = test::tok512();
+  std::string text;
+  while (text.size() < (256u << 10))
+    text += "Once upon a time, there was a little girl named Lily. She loved the sun. ";
+  const auto ids = tok.encode(text, true);
+  CHECK(ids.size() > text.size() / 8);
+  // After BOS, decoding drops the dummy leading space.
+  CHECK(tok.decode_all(std::span(ids).subspan(1), tok.bos_id()) == text);
 }
 
 TEST_CASE("encode gives the known ids of tok512") {
