@@ -201,6 +201,9 @@ void parse_messages(const json& body, openai_request& r) {
   }
 }
 
+/// The longest stop string accepted, in bytes (stop sequences are usually a few characters).
+constexpr std::size_t stop_bytes_max = 1024;
+
 void parse_stop(const json& body, openai_request& r) {
   if (!present(body, "stop")) return;
   const json& s = body.at("stop");
@@ -216,6 +219,13 @@ void parse_stop(const json& body, openai_request& r) {
     fail("stop",
          fmt::format("'stop' must be a string or an array of strings, got {}", type_name(s)));
   }
+  // The completion holds back text that may begin a stop string and compares its tail with
+  // every stop string's prefixes after each token (apps/openai_text.cpp): quadratic in a stop
+  // string's length, so that length is bounded.
+  for (const auto& x : r.stop)
+    if (x.size() > stop_bytes_max)
+      fail("stop",
+           fmt::format("a 'stop' string is {} bytes long, at most {}", x.size(), stop_bytes_max));
 }
 
 /// Fields OpenAI defines that duet does not implement: accepted at their neutral value only,

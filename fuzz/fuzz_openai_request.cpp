@@ -22,6 +22,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (q.stop.size() > 4 || (q.max_tokens && *q.max_tokens < 1) || q.temperature < 0.0f ||
         q.temperature > 2.0f || q.top_p <= 0.0f || q.top_p > 1.0f || q.top_k < 0)
       __builtin_trap();
+    for (const auto& stop : q.stop)
+      if (stop.size() > 1024) __builtin_trap();
     if (kind == endpoint_kind::chat) {
       if (q.messages.empty()) __builtin_trap();
       (void)apply_chat_template(q.messages);

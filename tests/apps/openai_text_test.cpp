@@ -64,6 +64,11 @@ TEST_CASE("Requests accept OpenAI's prompt and stop forms and refuse the unsuppo
   };
   refused(R"({"prompt":["a","b"]})", "prompt");
   refused(R"({"prompt":"a","stop":["1","2","3","4","5"]})", "stop");
+  refused(R"({"prompt":"a","stop":[")" + std::string(1025, 'x') + R"("]})", "stop");
+  refused(R"({"prompt":"a","stop":")" + std::string(1025, 'x') + R"("})", "stop");
+  CHECK(parse_request(endpoint_kind::completions,
+                      R"({"prompt":"a","stop":[")" + std::string(1024, 'x') + R"("]})")
+            .request);
   refused(R"({"prompt":"a","max_tokens":0})", "max_tokens");
   refused(R"({"prompt":"a","top_p":0})", "top_p");
   refused(R"({"prompt":"a","logprobs":3})", "logprobs");
