@@ -24,6 +24,7 @@ constexpr int chains = 10; ///< > FMA latency x pipes (4 x 2), so the pipes neve
 
 /// FLOP done by one call of a loop below.
 constexpr double flop_per_call_avx2 = 2.0 * 8 * chains * iterations;
+constexpr double flop_per_call_avx512 = 2.0 * 16 * chains * iterations;
 constexpr double flop_per_call_scalar = 2.0 * chains * iterations;
 
 #ifdef DUET_X86
@@ -167,8 +168,7 @@ double measure_fma_gflops(int threads, int repeats) {
   threads = std::max(threads, 1);
 #ifdef DUET_X86
   if (engine::kernels::current_simd() == engine::kernels::simd::avx512_vnni)
-    return 2.0 * flop_per_call_avx2 * threads / best_seconds(threads, repeats, fma_loop_avx512) /
-           1e9;
+    return flop_per_call_avx512 * threads / best_seconds(threads, repeats, fma_loop_avx512) / 1e9;
 #endif
   const bool simd = has_avx2_fma();
   const double flop_per_call = simd ? flop_per_call_avx2 : flop_per_call_scalar;

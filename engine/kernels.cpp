@@ -215,6 +215,11 @@ DUET_AVX512F inline __m256 high_half(__m512 v) {
   return _mm256_castpd_ps(
       _mm512_mask_extractf64x4_pd(_mm256_setzero_pd(), 0xf, _mm512_castps_pd(v), 1));
 }
+/// v in both halves of a 512-bit register (the masked broadcast, for the same reason).
+DUET_AVX512F inline __m512 both_halves(__m256 v) {
+  return _mm512_castpd_ps(
+      _mm512_mask_broadcast_f64x4(_mm512_setzero_pd(), 0xff, _mm256_castps_pd(v)));
+}
 
 /// Rows per register tile; thread_pool chunks are multiples of this, so tails are rare.
 constexpr int tile_rows = 4;
@@ -328,9 +333,7 @@ DUET_AVX512F void tile_f32_pairs(const float* const* rows, std::int64_t cols, co
     for (int i = 0; i < R; ++i) {
       if (next != nullptr && k % 16 == 0) // one prefetch per 64-byte line
         _mm_prefetch(reinterpret_cast<const char*>(next[i] + k), _MM_HINT_T0);
-      // The masked form: g++ 12 warns about the plain one's undefined source (bug 105593).
-      wv[i] = _mm512_castpd_ps(_mm512_mask_broadcast_f64x4(
-          _mm512_setzero_pd(), 0xff, _mm256_castps_pd(_mm256_loadu_ps(rows[i] + k))));
+      wv[i] = both_halves(_mm256_loadu_ps(rows[i] + k));
     }
     DUET_UNROLL
     for (int p = 0; p < NP; ++p) {
@@ -836,16 +839,12 @@ DUET_AVX2 inline void store_scores_4x2(__m256 sc, float* const* ar, int t) {
 /// both halves and serves the 4 rows. Per (row, position) and lane the FMA chain is the 256-bit
 /// tile's, reduced by the same hsum8, so the scores are the same bits, for half the FMA
 /// instructions.
-DUET_AVX512F int scores_4rows_avx512(const head_walk& w, const float* const* qr, float* const* ar,
-                                     int common, float scale_div) {
+DUET_AVX512F int scores_4rows_avx512(const head_walk& w, const float* q, std::int64_t q_stride,
+                                     float* const* ar, int common, float scale_div) {
   const int hs = w.hs, steps = hs / 8;
-  thread_local std::vector<float> pairs; // [row pair][step][16]: rows 2p and 2p + 1 side by side
-  pairs.resize(static_cast<std::size_t>(4 * hs));
-  for (int p = 0; p < 2; ++p)
-    for (int s = 0; s < steps; ++s)
-      for (int l = 0; l < 16; ++l)
-        pairs[static_cast<std::size_t>((p * steps + s) * 16 + l)] =
-            qr[2 * p + l / 8][8 * s + l % 8];
+  // The 4 query rows as 2 pairs, 8 values of each row side by side (as a matmul's tokens).
+  thread_local std::vector<float> pairs;
+  pack_token_pairs(q, q_stride, 4, hs, pairs);
   const float* q0 = pairs.data();
   const float* q1 = pairs.data() + steps * 16;
   const __m256 divisor = _mm256_set1_ps(scale_div);
@@ -862,8 +861,7 @@ DUET_AVX512F int scores_4rows_avx512(const head_walk& w, const float* const* qr,
       const __m512 qa = _mm512_loadu_ps(q0 + s * 16), qb = _mm512_loadu_ps(q1 + s * 16);
       DUET_UNROLL
       for (int j = 0; j < 4; ++j) {
-        const __m512 kb = _mm512_castpd_ps(_mm512_mask_broadcast_f64x4(
-            _mm512_setzero_pd(), 0xff, _mm256_castps_pd(w.load(k[j], 8 * s))));
+        const __m512 kb = both_halves(w.load(k[j], 8 * s));
         acc[0][j] = _mm512_fmadd_ps(qa, kb, acc[0][j]);
         acc[1][j] = _mm512_fmadd_ps(qb, kb, acc[1][j]);
       }
@@ -917,7 +915,7 @@ DUET_AVX2 void attention_rows_avx2(const float* q, std::int64_t q_stride, const 
     int t = 0;
     if (R == 4) {
       if (current_simd() == simd::avx512_vnni)
-        t = scores_4rows_avx512(w, qr, ar, common, scale_div);
+        t = scores_4rows_avx512(w, qr[0], q_stride, ar, common, scale_div);
       const __m256 divisor = _mm256_set1_ps(scale_div);
       for (; t + 2 <= common; t += 2) {
         const std::byte* k0 = w.k(t);

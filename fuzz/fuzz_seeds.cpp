@@ -21,9 +21,8 @@ void write(const std::filesystem::path& dir, const std::string& name,
 }
 
 void write_text(const std::filesystem::path& dir, const std::string& name, std::string_view s) {
-  std::filesystem::create_directories(dir);
-  std::ofstream(dir / name, std::ios::binary)
-      .write(s.data(), static_cast<std::streamsize>(s.size()));
+  const auto* b = reinterpret_cast<const std::byte*>(s.data());
+  write(dir, name, std::vector<std::byte>(b, b + s.size()));
 }
 
 } // namespace
