@@ -95,6 +95,8 @@ struct TransportFrame {
     error @3 :Error;
     bye @4 :Void;             # the sender closes the stream
   }
+  byeStreamId @5 :UInt64;     # bye: the stream that ends (0 from a sender that predates it,
+                              # or where the transport knows the stream otherwise: zmq)
 }
 
 # Controller -> prefill shard: run these tokens through a layer range, stream the KV.

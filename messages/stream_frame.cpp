@@ -78,8 +78,9 @@ void fill(wire::TransportFrame::Builder root, const stream_frame& frame, capnp::
     auto b = root.initError();
     b.setCode(static_cast<wire::ErrorCode>(err->code));
     b.setContext(err->context);
-  } else {
+  } else if (auto* bye = std::get_if<stream_bye>(&frame)) {
     root.setBye();
+    root.setByeStreamId(bye->stream_id);
   }
 }
 
@@ -191,7 +192,7 @@ decoded<stream_frame> decode_frame(std::span<const std::byte> bytes,
                                          std::string(e.getContext().cStr())});
         }
         case wire::TransportFrame::BYE:
-          return stream_frame(stream_bye{});
+          return stream_frame(stream_bye{r.getByeStreamId()});
         }
         return malformed("transport frame: unknown kind " +
                          std::to_string(static_cast<unsigned>(r.which())));

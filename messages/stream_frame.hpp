@@ -66,7 +66,11 @@ struct error_info {
   std::string context;
 };
 
-struct stream_bye {};
+/// The sender closes its stream: the receiver may free what the stream held (fabric: its
+/// window). stream_id 0: not said (zmq knows the stream by its connection).
+struct stream_bye {
+  std::uint64_t stream_id = 0;
+};
 
 using stream_frame = std::variant<kv_envelope, stream_hello, credit_grant, error_info, stream_bye>;
 

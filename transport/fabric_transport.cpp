@@ -81,6 +81,7 @@
 #include <rdma/fi_rma.h>
 #include <rdma/fi_tagged.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstring>
@@ -188,6 +189,21 @@ private:
 /// The libfabric objects of one endpoint, opened for a provider, with control receives posted.
 class fabric_endpoint {
 public:
+  fabric_endpoint() = default;
+  /// Takes o's objects (the posted receives' contexts and buffers are on the heap and stay
+  /// where they are); o is left closed. For handing an endpoint to retire().
+  fabric_endpoint(fabric_endpoint&& o) noexcept
+      : flavor_(std::move(o.flavor_)), info_(std::exchange(o.info_, nullptr)),
+        fabric_(std::exchange(o.fabric_, nullptr)), domain_(std::exchange(o.domain_, nullptr)),
+        cq_(std::exchange(o.cq_, nullptr)), av_(std::exchange(o.av_, nullptr)),
+        ep_(std::exchange(o.ep_, nullptr)), ctrl_mr_(std::exchange(o.ctrl_mr_, nullptr)),
+        ctrl_(std::move(o.ctrl_)), ctrl_ops_(std::move(o.ctrl_ops_)), landed_(std::move(o.landed_)),
+        rma_(o.rma_), local_name_(std::move(o.local_name_)),
+        local_peers_(std::move(o.local_peers_)) {
+    o.local_name_.clear();
+    o.local_peers_.clear();
+  }
+  fabric_endpoint& operator=(fabric_endpoint&&) = delete;
   ~fabric_endpoint() { close(); }
 
   /// Opens for `mode`: automatic asks for FI_RMA (with 8 bytes of remote CQ data) and falls
@@ -258,6 +274,10 @@ public:
       ctrl_ops_[i].index = i;
       if (auto r = post_ctrl(i); !r) return r;
     }
+    if (flavor_ == "shm") {
+      local_name_ = name();
+      local_endpoints_add(local_name_);
+    }
     return {};
   }
 
@@ -286,7 +306,10 @@ public:
     ep_ = nullptr;
   }
 
+  /// Closes everything. An shm endpoint goes through retire() instead while a peer of this
+  /// process may still hold it; this is the last resort (an endpoint that never opened fully).
   void close() {
+    if (!local_name_.empty()) local_endpoints_erase(std::exchange(local_name_, {}));
     close_endpoint();
     if (ctrl_mr_ != nullptr) fi_close(&ctrl_mr_->fid);
     ctrl_mr_ = nullptr;
@@ -425,12 +448,40 @@ public:
     return n;
   }
 
+  /// Adds a peer to the address vector. A peer of this process (shm) is then held: it stays
+  /// open until forget() lets it go (see local_endpoints).
   result<fi_addr_t> insert(const std::vector<std::byte>& name) {
     fi_addr_t addr = FI_ADDR_UNSPEC;
     int rc = fi_av_insert(av_, name.data(), 1, &addr, 0, nullptr);
     if (rc != 1) return fail(errc::bad_address, "fabric+" + flavor_ + ": fi_av_insert failed");
+    if (flavor_ == "shm" && local_endpoints_hold(name)) local_peers_.push_back({name, addr});
     return addr;
   }
+
+  /// Takes a peer out of the address vector (its stream is over) and lets go of it if it is
+  /// a peer of this process, which may then close (on this thread).
+  void forget(fi_addr_t addr) {
+    if (av_ != nullptr) (void)fi_av_remove(av_, &addr, 1, 0);
+    for (auto it = local_peers_.begin(); it != local_peers_.end();) {
+      if (it->second != addr) {
+        ++it;
+        continue;
+      }
+      auto name = std::move(it->first);
+      it = local_peers_.erase(it);
+      local_endpoints_drop(name);
+    }
+  }
+
+  /// forget() for every peer of this process: before this endpoint goes, while they are
+  /// still there to be written to (removing an address-vector entry writes into the peer's
+  /// memory).
+  void forget_local_peers() {
+    while (!local_peers_.empty()) forget(local_peers_.front().second);
+  }
+
+  /// This endpoint's name while it is one of this process's shm endpoints, else empty.
+  const std::vector<std::byte>& local_name() const { return local_name_; }
 
   fid_ep* ep() { return ep_; }
   fid_domain* domain() { return domain_; }
@@ -457,7 +508,139 @@ private:
   std::vector<fabric_op> ctrl_ops_;
   std::multiset<std::uint64_t> landed_;
   bool rma_ = false;
+  std::vector<std::byte> local_name_;
+  /// Peers of this process in the address vector, each held once per insert.
+  std::vector<std::pair<std::vector<std::byte>, fi_addr_t>> local_peers_;
+
+  // The registry of this process's shm endpoints (local_endpoints, below).
+  static void local_endpoints_add(const std::vector<std::byte>& name);
+  static bool local_endpoints_hold(const std::vector<std::byte>& name);
+  static void local_endpoints_drop(const std::vector<std::byte>& name);
+  static void local_endpoints_erase(const std::vector<std::byte>& name);
 };
+
+/// What a sender or receiver leaves when it goes: its endpoint, the registrations a peer
+/// writes through and the memory behind them (windows, the contexts of posted operations).
+/// Closed in that order: the endpoint first (which cancels its posted operations), then the
+/// registrations, then the rest of the endpoint; the memory last.
+struct fabric_remains {
+  explicit fabric_remains(fabric_endpoint&& e) : ep(std::move(e)) {}
+  fabric_endpoint ep;
+  std::vector<fid_mr*> mrs;
+  std::vector<std::shared_ptr<void>> memory;
+
+  ~fabric_remains() {
+    ep.close_endpoint();
+    for (auto* mr : mrs) fi_close(&mr->fid);
+    ep.close();
+  }
+};
+
+/// The shm endpoints of this process, and who holds whom.
+///
+/// libfabric's shm provider reaches a peer endpoint of the same process through that
+/// endpoint's own shared-memory region (found by name in the process's list of endpoints), not
+/// through a mapping of its own, as it does for another process's; and removing a peer from an
+/// address vector writes into the peer's region. So an endpoint closed while another endpoint
+/// of the process still has it in its address vector leaves that one a dangling region: its
+/// next control frame to it, or its own close, touches freed memory. Found by
+/// `duet chaos --transport fabric+shm --kill-prefill 6` (a SIGSEGV in pthread_spin_lock under
+/// fi_tinject: a decode lane's receiver granting credit to a restarted shard's old sender) and
+/// tests/transport/fabric_lifetime_test.cpp. Across processes each side maps the other's
+/// region itself and that mapping outlives the peer, which is how a dead process looks.
+///
+/// So an endpoint that inserts a peer of this process holds it, until forget() (its stream
+/// ends, or the endpoint itself goes); an endpoint whose owner is done (retire()) closes when
+/// no one holds it, or else waits, with its windows, for the last holder to let go: written to
+/// by peers that will time out, as a dead process's region would be. A retiring endpoint lets
+/// go of its own peers first, so two endpoints that hold each other do not wait forever.
+class local_endpoints {
+public:
+  using name_t = std::vector<std::byte>;
+
+  /// Never destroyed: endpoints may still retire while statics are destroyed.
+  static local_endpoints& get() {
+    static auto* registry = new local_endpoints;
+    return *registry;
+  }
+
+  void add(const name_t& name) {
+    std::lock_guard lock(mu_);
+    lives_[name];
+  }
+
+  /// True when `name` is an endpoint of this process: it is then held once more.
+  bool hold(const name_t& name) {
+    std::lock_guard lock(mu_);
+    auto it = lives_.find(name);
+    if (it == lives_.end()) return false;
+    ++it->second.holders;
+    return true;
+  }
+
+  /// Lets go of `name` once; returns its remains when it had retired and this was the last
+  /// holder (the caller closes them, outside the lock).
+  std::unique_ptr<fabric_remains> drop(const name_t& name) {
+    std::lock_guard lock(mu_);
+    auto it = lives_.find(name);
+    if (it == lives_.end() || it->second.holders == 0) return nullptr;
+    if (--it->second.holders > 0 || it->second.remains == nullptr) return nullptr;
+    auto remains = std::move(it->second.remains);
+    lives_.erase(it);
+    return remains;
+  }
+
+  /// The owner of `name` is done with it: returns the remains to close now when no one holds
+  /// it, else keeps them for the last holder's drop().
+  std::unique_ptr<fabric_remains> retire(const name_t& name,
+                                         std::unique_ptr<fabric_remains> remains) {
+    std::lock_guard lock(mu_);
+    auto it = lives_.find(name);
+    if (it == lives_.end()) return remains;
+    if (it->second.holders == 0) {
+      lives_.erase(it);
+      return remains;
+    }
+    it->second.remains = std::move(remains);
+    return nullptr;
+  }
+
+  void erase(const name_t& name) {
+    std::lock_guard lock(mu_);
+    lives_.erase(name);
+  }
+
+private:
+  struct life {
+    std::size_t holders = 0;
+    std::unique_ptr<fabric_remains> remains; ///< set once retired while held
+  };
+  std::mutex mu_;
+  std::map<name_t, life> lives_;
+};
+
+void fabric_endpoint::local_endpoints_add(const std::vector<std::byte>& name) {
+  local_endpoints::get().add(name);
+}
+bool fabric_endpoint::local_endpoints_hold(const std::vector<std::byte>& name) {
+  return local_endpoints::get().hold(name);
+}
+void fabric_endpoint::local_endpoints_drop(const std::vector<std::byte>& name) {
+  (void)local_endpoints::get().drop(name); // closed here, when it was the last holder
+}
+void fabric_endpoint::local_endpoints_erase(const std::vector<std::byte>& name) {
+  local_endpoints::get().erase(name);
+}
+
+/// An owner is done with its endpoint: closes it now, or (shm, held by a peer of this
+/// process) once the last holder lets go. `remains` must be complete: everything a peer may
+/// still write into, and every operation context still posted.
+void retire(std::unique_ptr<fabric_remains> remains) {
+  remains->ep.forget_local_peers();
+  if (remains->ep.local_name().empty()) return; // closes here
+  const auto name = remains->ep.local_name();
+  remains = local_endpoints::get().retire(name, std::move(remains));
+}
 
 // -- receiver ----------------------------------------------------------------------------------
 
@@ -507,6 +690,7 @@ struct fabric_ring {
 struct fabric_stream {
   std::uint64_t id = 0;
   fi_addr_t peer = FI_ADDR_UNSPEC;
+  bool ended = false; ///< the sender said bye: freed (end_streams) once no arrival waits on it
   std::uint64_t window_bytes = 0;
   std::uint64_t head = 0; ///< virtual offset of the next expected region
   bool tagged = false;    ///< payloads arrive as tagged messages (else RMA writes)
@@ -529,10 +713,16 @@ public:
   explicit fabric_receiver(const options& opts) : opts_(opts), checker_(opts_) {}
 
   ~fabric_receiver() override {
-    ep_.close_endpoint(); // cancels posted payload receives before their windows go
-    for (auto& [id, st] : streams_)
-      if (st.mr != nullptr) fi_close(&st.mr->fid);
-    ep_.close();
+    // The endpoint, the windows' registrations and memory, and the contexts of posted payload
+    // receives (tagged): closed now, or once no sender of this process holds the endpoint.
+    auto remains = std::make_unique<fabric_remains>(std::move(ep_));
+    for (auto& [id, st] : streams_) {
+      if (st.mr != nullptr) remains->mrs.push_back(st.mr);
+      remains->memory.push_back(st.ring);
+    }
+    remains->memory.push_back(std::make_shared<decltype(waiting_)>(std::move(waiting_)));
+    remains->memory.push_back(std::make_shared<decltype(discards_)>(std::move(discards_)));
+    retire(std::move(remains));
   }
 
   result<void> open(const transport::address& at) {
@@ -563,6 +753,7 @@ public:
       if (!n) return arrival_checker::reject(stats_, n.code(), n.err().context);
       discards_.remove_if([](const fabric_op& op) { return op.done; });
       drain_waiting();
+      end_streams();
       if (auto r = post_receives(); !r) return r.err();
       idle = *n == 0;
       if (!idle) {
@@ -588,6 +779,7 @@ private:
   /// completions keep coming, everything once idle (`all`).
   result<void> send_grants(std::chrono::steady_clock::time_point deadline, bool all) {
     for (auto& [id, st] : streams_) {
+      if (st.ended) continue; // its sender has gone
       std::uint64_t grant;
       {
         std::lock_guard lock(st.ring->mu);
@@ -613,7 +805,11 @@ private:
     }
     if (auto* hello = std::get_if<messages::stream_hello>(&*frame)) return on_hello(*hello);
     if (auto* bye = std::get_if<messages::stream_bye>(&*frame)) {
-      (void)bye;
+      auto it = streams_.find(bye->stream_id);
+      if (it != streams_.end() && !it->second.ended) { // freed once nothing waits on it
+        it->second.ended = true;
+        ++ended_;
+      }
       return error{errc::ok, {}};
     }
     if (auto* e = std::get_if<messages::error_info>(&*frame)) {
@@ -632,6 +828,37 @@ private:
     // The envelope may overtake its RMA write: it waits for the write's token.
     waiting_.push_back({std::move(*env), 0, nullptr, nullptr});
     return error{errc::ok, {}};
+  }
+
+  /// Frees the streams whose senders said bye once no arrival waits on them: a lane whose
+  /// senders come and go (restarted shards, reconnects) keeps one window and one address per
+  /// live sender, not one per sender it ever had (libfabric 1.17's shm address vector holds
+  /// 256).
+  void end_streams() {
+    for (auto it = streams_.begin(); ended_ > 0 && it != streams_.end();) {
+      const auto id = it->first;
+      const bool waited_on = std::any_of(waiting_.begin(), waiting_.end(),
+                                         [&](const auto& a) { return a.env.stream_id == id; });
+      if (it->second.ended && !waited_on)
+        it = free_stream(it);
+      else
+        ++it;
+    }
+  }
+
+  /// Drops a stream: its registration, its window (once the buffers handed out are released),
+  /// and its sender's address unless another stream still uses it.
+  std::map<std::uint64_t, fabric_stream>::iterator
+  free_stream(std::map<std::uint64_t, fabric_stream>::iterator it) {
+    if (it->second.mr != nullptr) fi_close(&it->second.mr->fid);
+    if (it->second.ended) --ended_;
+    const fi_addr_t peer = it->second.peer;
+    checker_.forget_stream(it->first);
+    it = streams_.erase(it);
+    const bool shared = std::any_of(streams_.begin(), streams_.end(),
+                                    [&](const auto& other) { return other.second.peer == peer; });
+    if (!shared) ep_.forget(peer);
+    return it;
   }
 
   /// The stream a frame names, or a malformed rejection (`what` for the context).
@@ -819,6 +1046,9 @@ private:
   }
 
   result<segment> on_hello(const messages::stream_hello& hello) {
+    // A hello again for a stream (the sender's first one went unanswered): the old one goes
+    // first, with its address, which the insert below adds back.
+    if (auto old = streams_.find(hello.stream_id); old != streams_.end()) free_stream(old);
     auto peer = ep_.insert(hello.endpoint_name);
     if (!peer) return arrival_checker::reject(stats_, errc::malformed, peer.err().context);
     fabric_stream st;
@@ -849,11 +1079,6 @@ private:
     const std::uint64_t addr =
         !st.tagged && ep_.virt_addr() ? reinterpret_cast<std::uint64_t>(mem) : 0;
     const std::uint64_t key = st.tagged ? 0 : fi_mr_key(st.mr);
-    auto old = streams_.find(st.id);
-    if (old != streams_.end()) {
-      if (old->second.mr != nullptr) fi_close(&old->second.mr->fid);
-      streams_.erase(old);
-    }
     checker_.forget_stream(st.id);
     auto id = st.id;
     auto to = st.peer;
@@ -874,6 +1099,7 @@ private:
   arrival_checker checker_;
   counters stats_;
   std::map<std::uint64_t, fabric_stream> streams_;
+  std::size_t ended_ = 0; ///< streams whose senders said bye, not yet freed
   /// Arrivals already read from the CQ (one poll may complete several), in order.
   std::deque<result<segment>> ready_;
   /// Envelopes whose payload has not been seen landing yet, in arrival order.
@@ -908,11 +1134,18 @@ public:
     wake_.notify_all();
     if (progress_.joinable()) progress_.join();
     if (peer_ != FI_ADDR_UNSPEC)
-      (void)ep_.send_ctrl(peer_, messages::stream_bye{},
+      (void)ep_.send_ctrl(peer_, messages::stream_bye{stream_id_},
                           std::chrono::steady_clock::now() + std::chrono::milliseconds(100));
-    for (auto& c : mr_cache_) fi_close(&c.mr->fid);
+    // The endpoint, the payload registrations, and the writes still in flight (their contexts
+    // and payloads): closed now, or once the receiver, when it is of this process, lets go.
+    auto remains = std::make_unique<fabric_remains>(std::move(ep_));
+    for (auto& c : mr_cache_) {
+      remains->mrs.push_back(c.mr);
+      remains->memory.push_back(c.owner);
+    }
     mr_cache_.clear();
-    ep_.close();
+    remains->memory.push_back(std::make_shared<decltype(writes_)>(std::move(writes_)));
+    retire(std::move(remains));
   }
 
   result<void> open(const transport::address& to) {

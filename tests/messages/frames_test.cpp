@@ -112,9 +112,13 @@ TEST_CASE("hello, credit, error and bye frames round trip") {
   CHECK(std::get<error_info>(*d3).code == 3);
   CHECK(std::get<error_info>(*d3).context == "checksum mismatch at layer 7");
 
-  auto d4 = decode_frame(encode_frame(stream_bye{}), 1024);
+  auto d4 = decode_frame(encode_frame(stream_bye{0xfeedfacecafe}), 1024);
   REQUIRE(d4.ok());
-  CHECK(std::holds_alternative<stream_bye>(*d4));
+  REQUIRE(std::holds_alternative<stream_bye>(*d4));
+  CHECK(std::get<stream_bye>(*d4).stream_id == 0xfeedfacecafe);
+  auto d5 = decode_frame(encode_frame(stream_bye{}), 1024);
+  REQUIRE(d5.ok());
+  CHECK(std::get<stream_bye>(*d5).stream_id == 0); // not said
 }
 
 TEST_CASE("every truncation of a frame is rejected as truncated or malformed, never thrown") {
