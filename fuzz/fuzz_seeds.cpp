@@ -50,6 +50,7 @@ int main(int argc, char** argv) {
   write(frames, "credit", encode_frame(credit_grant{77, 1 << 20, 1 << 20, 1 << 16, 4096, 3}));
   write(frames, "error", encode_frame(error_info{3, "corrupt"}));
   write(frames, "bye", encode_frame(stream_bye{}));
+  write(frames, "end", encode_frame(stream_bye{77}));
   auto control = root / "fuzz_control";
   write(control, "prefill_task", encode(prefill_task{1, 2, {1, 2, 3}, 0, 4, 2, "inproc://kv"}));
   write(control, "prefill_result", encode(prefill_result{1, 2, 5, 3, 4, {}}));

@@ -93,10 +93,16 @@ struct TransportFrame {
     hello @1 :StreamHello;
     credit @2 :Credit;
     error @3 :Error;
-    bye @4 :Void;             # the sender closes the stream
+    bye @4 :Void;             # the sender closes the stream (zmq: the connection says which)
+    end @5 :StreamEnd;        # the sender closes this stream (fabric). A union member, not a
+                              # field beside the union: a UInt64 there grew every frame, every
+                              # KV envelope included, by 8 bytes
   }
-  byeStreamId @5 :UInt64;     # bye: the stream that ends (0 from a sender that predates it,
-                              # or where the transport knows the stream otherwise: zmq)
+}
+
+# Sender -> receiver: the stream is over; the receiver frees what it held for it.
+struct StreamEnd {
+  streamId @0 :UInt64;
 }
 
 # Controller -> prefill shard: run these tokens through a layer range, stream the KV.

@@ -79,8 +79,10 @@ void fill(wire::TransportFrame::Builder root, const stream_frame& frame, capnp::
     b.setCode(static_cast<wire::ErrorCode>(err->code));
     b.setContext(err->context);
   } else if (auto* bye = std::get_if<stream_bye>(&frame)) {
-    root.setBye();
-    root.setByeStreamId(bye->stream_id);
+    if (bye->stream_id == 0)
+      root.setBye();
+    else
+      root.initEnd().setStreamId(bye->stream_id);
   }
 }
 
@@ -192,7 +194,9 @@ decoded<stream_frame> decode_frame(std::span<const std::byte> bytes,
                                          std::string(e.getContext().cStr())});
         }
         case wire::TransportFrame::BYE:
-          return stream_frame(stream_bye{r.getByeStreamId()});
+          return stream_frame(stream_bye{});
+        case wire::TransportFrame::END:
+          return stream_frame(stream_bye{r.getEnd().getStreamId()});
         }
         return malformed("transport frame: unknown kind " +
                          std::to_string(static_cast<unsigned>(r.which())));

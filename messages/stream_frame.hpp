@@ -67,7 +67,8 @@ struct error_info {
 };
 
 /// The sender closes its stream: the receiver may free what the stream held (fabric: its
-/// window). stream_id 0: not said (zmq knows the stream by its connection).
+/// window). stream_id 0: not said (zmq knows the stream by its connection); on the wire
+/// TransportFrame.bye, else TransportFrame.end.
 struct stream_bye {
   std::uint64_t stream_id = 0;
 };
