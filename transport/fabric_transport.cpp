@@ -94,6 +94,7 @@
 #include <thread>
 
 #include <sys/mman.h>
+#include <unistd.h>
 
 namespace duet::transport {
 
@@ -691,6 +692,7 @@ struct fabric_stream {
   std::uint64_t id = 0;
   fi_addr_t peer = FI_ADDR_UNSPEC;
   bool ended = false; ///< the sender said bye: freed (end_streams) once no arrival waits on it
+  pid_t peer_pid = 0; ///< shm: the sender's process (0: unknown, or this one)
   std::uint64_t window_bytes = 0;
   std::uint64_t head = 0; ///< virtual offset of the next expected region
   bool tagged = false;    ///< payloads arrive as tagged messages (else RMA writes)
@@ -760,6 +762,7 @@ public:
         wait.reset();
         continue;
       }
+      check_senders();
       if (std::chrono::steady_clock::now() >= deadline)
         return fail(errc::timeout, address_ + ": nothing arrived within " +
                                        std::to_string(timeout.count()) + " ms");
@@ -830,6 +833,23 @@ private:
     return error{errc::ok, {}};
   }
 
+  /// Ends the streams of shm senders whose process is gone (SIGKILL, a crash: no bye came),
+  /// checked at most every 500 ms while idle: their windows would stay until this receiver
+  /// closes, one per dead sender (a node process that dies and rejoins, again and again).
+  /// Another provider's dead sender keeps its stream until then (documented limit): nothing
+  /// tells a receiver that a remote peer is gone short of sending to it.
+  void check_senders() {
+    const auto now = std::chrono::steady_clock::now();
+    if (now < next_sender_check_) return;
+    next_sender_check_ = now + std::chrono::milliseconds(500);
+    for (auto& [id, st] : streams_)
+      if (!st.ended && st.peer_pid > 0 && !process_running(st.peer_pid)) {
+        st.ended = true;
+        ++ended_;
+      }
+    end_streams();
+  }
+
   /// Frees the streams whose senders said bye once no arrival waits on them: a lane whose
   /// senders come and go (restarted shards, reconnects) keeps one window and one address per
   /// live sender, not one per sender it ever had (libfabric 1.17's shm address vector holds
@@ -855,6 +875,7 @@ private:
     const fi_addr_t peer = it->second.peer;
     checker_.forget_stream(it->first);
     it = streams_.erase(it);
+    stats_.streams_open.store(streams_.size(), std::memory_order_relaxed);
     const bool shared = std::any_of(streams_.begin(), streams_.end(),
                                     [&](const auto& other) { return other.second.peer == peer; });
     if (!shared) ep_.forget(peer);
@@ -1056,6 +1077,10 @@ private:
     st.peer = *peer;
     st.window_bytes = opts_.window_bytes;
     st.tagged = !ep_.rma();
+    if (ep_.flavor() == "shm") {
+      st.peer_pid = shm_endpoint_pid(hello.endpoint_name);
+      if (st.peer_pid == ::getpid()) st.peer_pid = 0; // its bye comes from its destructor
+    }
     st.ring = std::make_shared<fabric_ring>();
     void* mem = allocate_window(opts_.window_bytes);
     if (mem == nullptr) return fail(errc::internal, address_ + ": cannot allocate the window");
@@ -1083,6 +1108,7 @@ private:
     auto id = st.id;
     auto to = st.peer;
     streams_.emplace(id, std::move(st));
+    stats_.streams_open.store(streams_.size(), std::memory_order_relaxed);
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
     if (auto r = ep_.send_ctrl(to,
                                messages::credit_grant{id, opts_.window_bytes, opts_.window_bytes,
@@ -1100,6 +1126,7 @@ private:
   counters stats_;
   std::map<std::uint64_t, fabric_stream> streams_;
   std::size_t ended_ = 0; ///< streams whose senders said bye, not yet freed
+  std::chrono::steady_clock::time_point next_sender_check_{};
   /// Arrivals already read from the CQ (one poll may complete several), in order.
   std::deque<result<segment>> ready_;
   /// Envelopes whose payload has not been seen landing yet, in arrival order.

@@ -31,11 +31,19 @@ std::optional<pid_t> shm_region_pid(const std::string& name) {
   return static_cast<pid_t>(pid);
 }
 
-bool running(pid_t pid) {
+} // namespace
+
+bool process_running(pid_t pid) {
   return ::kill(pid, 0) == 0 || errno == EPERM; // EPERM: it runs, as another user
 }
 
-} // namespace
+pid_t shm_endpoint_pid(std::span<const std::byte> name) {
+  std::string s(reinterpret_cast<const char*>(name.data()), name.size());
+  while (!s.empty() && s.back() == '\0') s.pop_back();
+  const std::string prefix = "fi_shm://";
+  if (s.rfind(prefix, 0) != 0) return 0;
+  return shm_region_pid(s.substr(prefix.size())).value_or(0);
+}
 
 std::size_t remove_stale_shm_regions(const std::string& dir) {
   std::size_t removed = 0;
@@ -43,7 +51,7 @@ std::size_t remove_stale_shm_regions(const std::string& dir) {
   const pid_t self = ::getpid();
   for (std::filesystem::directory_iterator it{dir, ec}, end; !ec && it != end; it.increment(ec)) {
     auto pid = shm_region_pid(it->path().filename().string());
-    if (!pid || (*pid != self && running(*pid))) continue;
+    if (!pid || (*pid != self && process_running(*pid))) continue;
     std::error_code rm;
     if (std::filesystem::remove(it->path(), rm)) ++removed;
   }

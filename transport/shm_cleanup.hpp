@@ -8,7 +8,10 @@
 // those named with its own pid (it has no endpoint yet: they are a dead namesake's).
 
 #include <cstddef>
+#include <span>
 #include <string>
+
+#include <sys/types.h>
 
 namespace duet::transport {
 
@@ -16,5 +19,13 @@ namespace duet::transport {
 /// process or is this process's. Returns how many it removed; entries it cannot remove, and
 /// anything else in `dir`, are left alone.
 std::size_t remove_stale_shm_regions(const std::string& dir = "/dev/shm");
+
+/// The process of an shm endpoint, from the name libfabric's shm provider gives it
+/// ("fi_shm://<pid>:<digits>:<digits>", NUL-terminated, as fi_getname returns it); 0 when the
+/// name has another form.
+pid_t shm_endpoint_pid(std::span<const std::byte> name);
+
+/// Whether process `pid` runs (as any user).
+bool process_running(pid_t pid);
 
 } // namespace duet::transport

@@ -88,6 +88,9 @@ struct counters {
   std::atomic<std::uint64_t> segments_received{0};
   std::atomic<std::uint64_t> bytes_received{0};                  ///< payload bytes accepted
   std::array<std::atomic<std::uint64_t>, errc_count> rejected{}; ///< by reason
+  /// Receiver: senders' streams it holds state for (fabric: a registered window each). A
+  /// stream ends with its sender's goodbye, or (fabric+shm) once the sender's process is gone.
+  std::atomic<std::uint64_t> streams_open{0};
 
   std::uint64_t rejected_for(errc e) const {
     return rejected[static_cast<std::size_t>(e)].load(std::memory_order_relaxed);

@@ -253,6 +253,7 @@ private:
       st->identity = identity;
       st->stream_id = hello->stream_id;
       streams_[identity] = st;
+      stats_.streams_open.store(streams_.size(), std::memory_order_relaxed);
       checker_.forget_stream(hello->stream_id);
       sock_.send(zmq::buffer(identity), zmq::send_flags::sndmore);
       send_frame(sock_,
@@ -263,6 +264,7 @@ private:
     }
     if (std::holds_alternative<messages::stream_bye>(*frame)) {
       streams_.erase(identity);
+      stats_.streams_open.store(streams_.size(), std::memory_order_relaxed);
       return error{errc::ok, {}};
     }
     auto* env = std::get_if<messages::kv_envelope>(&*frame);

@@ -88,5 +88,9 @@ TEST_CASE("a fabric+shm receiver frees each finished stream: 300 senders in turn
     auto tx = connect((*rx)->address(), small_window());
     if (!tx) FAIL("sender " << s << ": " << tx.err().to_string());
     (void)round_trip(**tx, **rx, 100 + s, 0);
+    // This sender's stream, and its predecessor's until its bye is read.
+    CHECK((*rx)->stats().streams_open.load() <= 2);
   }
+  CHECK((*rx)->recv(100ms).code() == errc::timeout); // reads the last bye
+  CHECK((*rx)->stats().streams_open.load() == 0);
 }

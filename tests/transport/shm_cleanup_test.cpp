@@ -8,6 +8,7 @@
 #include <string>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <vector>
 
 namespace fs = std::filesystem;
 
@@ -53,4 +54,20 @@ TEST_CASE("stale shm regions of dead pids and of this pid are removed, live and 
   waitpid(alive, nullptr, 0);
   fs::remove_all(dir);
   CHECK(duet::transport::remove_stale_shm_regions((dir / "missing").string()) == 0);
+}
+
+TEST_CASE("an shm endpoint name gives its process") {
+  auto name = [](const std::string& s) {
+    std::vector<std::byte> b;
+    for (char c : s) b.push_back(static_cast<std::byte>(c));
+    b.push_back(std::byte{0});
+    return b;
+  };
+  CHECK(duet::transport::shm_endpoint_pid(name("fi_shm://24372:0:0")) == 24372);
+  CHECK(duet::transport::shm_endpoint_pid(name("fi_shm://7:12:3")) == 7);
+  CHECK(duet::transport::shm_endpoint_pid(name("fi_shm://24372:0")) == 0); // two fields
+  CHECK(duet::transport::shm_endpoint_pid(name("fi_sockets://24372:0:0")) == 0);
+  CHECK(duet::transport::shm_endpoint_pid(name("fi_shm://x:0:0")) == 0);
+  CHECK(duet::transport::shm_endpoint_pid({}) == 0);
+  CHECK(duet::transport::process_running(getpid()));
 }

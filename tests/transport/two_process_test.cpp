@@ -95,3 +95,28 @@ TEST_CASE("a receiver killed while holding credit leaves the sender with a timeo
   REQUIRE_FALSE(ok.ok());
   CHECK((ok.code() == errc::timeout || ok.code() == errc::peer_dead));
 }
+
+TEST_CASE("a fabric+shm receiver frees the stream of a sender whose process died without a "
+          "goodbye") {
+  // Its window would otherwise stay until the receiver closes: one per node process that dies
+  // and rejoins.
+  options o;
+  o.segment_bytes_max = 1 << 20;
+  o.window_bytes = 1 << 20;
+  auto rx = listen("fabric+shm://", o);
+  REQUIRE(rx.ok());
+  test::peer_process peer({"linger", (*rx)->address(), "5", "65536"});
+  REQUIRE(peer.started());
+  auto seg = (*rx)->recv(30s);
+  REQUIRE(seg.ok());
+  CHECK(test::matches_pattern(seg->payload.bytes(), 5, 0));
+  REQUIRE(peer.read_line(20s) == "sent");
+  CHECK((*rx)->stats().streams_open.load() == 1);
+  (void)(*rx)->recv(700ms); // the sender lives: its stream stays
+  CHECK((*rx)->stats().streams_open.load() == 1);
+  peer.kill();
+  // Checked at most every 500 ms while idle.
+  for (int i = 0; i < 20 && (*rx)->stats().streams_open.load() != 0; ++i)
+    CHECK((*rx)->recv(100ms).code() == errc::timeout);
+  CHECK((*rx)->stats().streams_open.load() == 0);
+}

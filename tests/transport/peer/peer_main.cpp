@@ -1,6 +1,9 @@
 // transport_peer: the other OS process of the two-process transport tests.
 //   transport_peer send <address> <seed> <bytes>...   connect, send one pattern segment per
 //                                                     size (layer = its index), flush, exit 0
+//   transport_peer linger <address> <seed> <bytes>    send one pattern segment, flush, print
+//                                                     "sent", then wait to be killed (no
+//                                                     goodbye: a crashed sender)
 //   transport_peer hold <bind-address> <count>        listen, print the concrete address on
 //                                                     stdout, receive <count> segments and keep
 //                                                     them (never release credit), then wait to
@@ -53,6 +56,21 @@ int main(int argc, char** argv) {
     // Give the receiver time to take the last bytes before the socket closes.
     std::this_thread::sleep_for(300ms);
     return 0;
+  }
+  if (mode == "linger") {
+    auto tx = transport::connect(argv[2], base);
+    if (!tx || argc < 5) return tx ? 2 : 3;
+    auto ok = (*tx)->send(test::pattern_segment(std::strtoull(argv[3], nullptr, 10), 0,
+                                                std::strtoull(argv[4], nullptr, 10)),
+                          20s);
+    if (ok) ok = (*tx)->flush(20s);
+    if (!ok) {
+      std::fprintf(stderr, "send: %s\n", ok.err().to_string().c_str());
+      return 3;
+    }
+    std::printf("sent\n");
+    std::fflush(stdout);
+    for (;;) std::this_thread::sleep_for(1s); // until killed
   }
   if (mode == "hold") {
     transport::options opts = base;
