@@ -1072,6 +1072,17 @@ private:
     if (auto old = streams_.find(hello.stream_id); old != streams_.end()) free_stream(old);
     auto peer = ep_.insert(hello.endpoint_name);
     if (!peer) return arrival_checker::reject(stats_, errc::malformed, peer.err().context);
+    if (streams_.size() >= opts_.streams_max) {
+      // Each stream registers a window: refuse, and tell the sender (its first send fails).
+      const std::string why = address_ + " holds " + std::to_string(streams_.size()) +
+                              " streams (options.streams_max): refused stream " +
+                              std::to_string(hello.stream_id);
+      (void)ep_.send_ctrl(*peer,
+                          messages::error_info{static_cast<std::uint16_t>(errc::oversized), why},
+                          std::chrono::steady_clock::now() + std::chrono::milliseconds(100));
+      ep_.forget(*peer);
+      return arrival_checker::reject(stats_, errc::oversized, why);
+    }
     fabric_stream st;
     st.id = hello.stream_id;
     st.peer = *peer;
@@ -1200,11 +1211,13 @@ public:
     auto deadline = std::chrono::steady_clock::now() + timeout;
     call_guard call(*this);
     if (auto r = take_deferred(); !r) return r;
-    while (window_ == 0)
+    while (window_ == 0) {
+      if (refused_.code != errc::ok) return refused_;
       if (auto r = pump(deadline); !r)
         return fail(r.code(), name_ + ": the receiver did not answer within " +
                                   std::to_string(timeout.count()) + " ms (" + r.err().context +
                                   ")");
+    }
     if (!mismatch_.empty()) return refuse_mismatch(deadline);
     options limits = opts_;
     limits.segment_bytes_max = std::min<std::size_t>(opts_.segment_bytes_max, receiver_max_);
@@ -1490,6 +1503,13 @@ private:
     auto n = ep_.poll([&](std::span<const std::byte> bytes) {
       auto frame = messages::decode_frame(bytes, opts_.segment_bytes_max);
       if (!frame) return;
+      if (auto* e = std::get_if<messages::error_info>(&*frame)) {
+        // The receiver refuses this stream (too many streams): every send fails with it.
+        const errc code =
+            e->code > 0 && e->code < errc_count ? static_cast<errc>(e->code) : errc::internal;
+        refused_ = error{code, name_ + ": the receiver refuses the stream: " + e->context};
+        return;
+      }
       if (auto* c = std::get_if<messages::credit_grant>(&*frame)) {
         if (c->window_bytes != 0) {
           window_ = c->window_bytes;
@@ -1543,7 +1563,8 @@ private:
     const auto window_before = window_;
     for (;;) {
       if (auto r = pump_once(); !r) return r;
-      if (credit_ != credit_before || window_ != window_before) return {};
+      if (credit_ != credit_before || window_ != window_before || refused_.code != errc::ok)
+        return {};
       if (std::chrono::steady_clock::now() >= deadline) return fail(errc::timeout, "timed out");
       wait.pause();
     }
@@ -1560,6 +1581,7 @@ private:
   bool tagged_ = false;  ///< payloads go as tagged messages (the receiver's choice)
   std::string mismatch_; ///< why this sender cannot follow the receiver's mode
   bool mismatch_told_ = false;
+  error refused_{errc::ok, {}};  ///< the receiver refused this stream (error frame), why
   std::vector<std::byte> hello_; ///< not yet accepted by the provider
   std::deque<std::unique_ptr<fabric_write>> writes_;
   std::list<cached_mr> mr_cache_;

@@ -61,6 +61,9 @@ struct options {
   /// Receiver: payload bytes each sender may have outstanding (sent, not yet released by the
   /// receiver). Must be >= segment_bytes_max. fabric registers this much memory per sender.
   std::size_t window_bytes = std::size_t{128} << 20;
+  /// Receiver (fabric): senders' streams held at once, so at most this many windows. A hello
+  /// beyond it is refused: that sender's first send fails with oversized and says why.
+  std::size_t streams_max = 64;
   /// Receiver: (request, epoch, layer, token range) keys remembered for duplicate detection;
   /// older keys are forgotten first (bounded memory).
   std::size_t duplicate_keys_max = 65536;

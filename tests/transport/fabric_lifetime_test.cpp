@@ -94,3 +94,40 @@ TEST_CASE("a fabric+shm receiver frees each finished stream: 300 senders in turn
   CHECK((*rx)->recv(100ms).code() == errc::timeout); // reads the last bye
   CHECK((*rx)->stats().streams_open.load() == 0);
 }
+
+TEST_CASE("a fabric receiver holds at most streams_max streams and tells the next sender why") {
+  auto o = small_window();
+  o.streams_max = 2;
+  auto rx = listen("fabric+shm://", o);
+  REQUIRE(rx.ok());
+  std::vector<std::unique_ptr<sender>> live;
+  for (std::uint64_t s = 0; s < 2; ++s) {
+    auto tx = connect((*rx)->address(), o);
+    REQUIRE(tx.ok());
+    (void)round_trip(**tx, **rx, 200 + s, 0);
+    live.push_back(std::move(*tx));
+  }
+  auto third = connect((*rx)->address(), o);
+  REQUIRE(third.ok());
+  errc sent = errc::ok;
+  std::string why;
+  std::thread sending([&] {
+    auto r = (*third)->send(test::pattern_segment(202, 0, 64 << 10), 5s);
+    if (!r) {
+      sent = r.code();
+      why = r.err().context;
+    }
+  });
+  auto refused = (*rx)->recv(2s); // reads the hello and refuses it
+  sending.join();
+  CHECK(refused.code() == errc::oversized);
+  CHECK(sent == errc::oversized);
+  CHECK(why.find("streams_max") != std::string::npos);
+  CHECK((*rx)->stats().streams_open.load() == 2);
+  // One of the two goes: a new sender gets its stream.
+  live.pop_back();
+  third->reset();
+  auto again = connect((*rx)->address(), o);
+  REQUIRE(again.ok());
+  (void)round_trip(**again, **rx, 203, 0);
+}
