@@ -755,6 +755,7 @@ public:
       if (!n) return arrival_checker::reject(stats_, n.code(), n.err().context);
       discards_.remove_if([](const fabric_op& op) { return op.done; });
       drain_waiting();
+      check_senders();
       end_streams();
       if (auto r = post_receives(); !r) return r.err();
       idle = *n == 0;
@@ -762,7 +763,6 @@ public:
         wait.reset();
         continue;
       }
-      check_senders();
       if (std::chrono::steady_clock::now() >= deadline)
         return fail(errc::timeout, address_ + ": nothing arrived within " +
                                        std::to_string(timeout.count()) + " ms");
@@ -834,9 +834,9 @@ private:
   }
 
   /// Ends the streams of shm senders whose process is gone (SIGKILL, a crash: no bye came),
-  /// checked at most every 500 ms while idle: their windows would stay until this receiver
-  /// closes, one per dead sender (a node process that dies and rejoins, again and again).
-  /// Another provider's dead sender keeps its stream until then (documented limit): nothing
+  /// checked at most every 500 ms (one kill(pid, 0) per stream): their windows would stay until
+  /// this receiver closes, one per dead sender (a node process that dies and rejoins, again and
+  /// again). Another provider's dead sender keeps its stream until then (documented limit): nothing
   /// tells a receiver that a remote peer is gone short of sending to it.
   void check_senders() {
     const auto now = std::chrono::steady_clock::now();
@@ -847,7 +847,6 @@ private:
         st.ended = true;
         ++ended_;
       }
-    end_streams();
   }
 
   /// Frees the streams whose senders said bye once no arrival waits on them: a lane whose
