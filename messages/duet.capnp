@@ -71,7 +71,7 @@ struct KvSegment {
 
 # First frame of a transport stream, sender -> receiver.
 struct StreamHello {
-  protocolVersion @0 :UInt32 = 1;
+  protocolVersion @0 :UInt32 = 1; # 2: the sender sends StreamAlive when a credit asks
   streamId @1 :UInt64;        # chosen by the sender, unique per receiver
   endpointName @2 :Data;      # fabric: the sender's fi_getname, so the receiver can reply
 }
@@ -84,6 +84,8 @@ struct Credit {
   segmentBytesMax @3 :UInt64; # the receiver's limit (first credit)
   windowAddress @4 :UInt64;   # fabric RMA: target address of the window (FI_MR_VIRT_ADDR)
   windowKey @5 :UInt64;       # fabric RMA: memory registration key (0 = no RMA, tagged)
+  keepaliveMs @6 :UInt32;     # first credit: an idle sender says StreamAlive at least this
+                              # often, or its stream ends as dead (0 = not needed; protocol 2)
 }
 
 # Everything that travels on a transport stream is one of these.
@@ -97,7 +99,13 @@ struct TransportFrame {
     end @5 :StreamEnd;        # the sender closes this stream (fabric). A union member, not a
                               # field beside the union: a UInt64 there grew every frame, every
                               # KV envelope included, by 8 bytes
+    alive @6 :StreamAlive;    # an idle sender lives (Credit.keepaliveMs; protocol 2)
   }
+}
+
+# Sender -> receiver, while it sends nothing else: the stream's sender still lives.
+struct StreamAlive {
+  streamId @0 :UInt64;
 }
 
 # Sender -> receiver: the stream is over; the receiver frees what it held for it.

@@ -74,10 +74,13 @@ void fill(wire::TransportFrame::Builder root, const stream_frame& frame, capnp::
     b.setSegmentBytesMax(c->segment_bytes_max);
     b.setWindowAddress(c->window_address);
     b.setWindowKey(c->window_key);
+    b.setKeepaliveMs(c->keepalive_ms);
   } else if (auto* err = std::get_if<error_info>(&frame)) {
     auto b = root.initError();
     b.setCode(static_cast<wire::ErrorCode>(err->code));
     b.setContext(err->context);
+  } else if (auto* alive = std::get_if<stream_alive>(&frame)) {
+    root.initAlive().setStreamId(alive->stream_id);
   } else if (auto* bye = std::get_if<stream_bye>(&frame)) {
     if (bye->stream_id == 0)
       root.setBye();
@@ -173,7 +176,7 @@ decoded<stream_frame> decode_frame(std::span<const std::byte> bytes,
           auto h = r.getHello();
           stream_hello out;
           out.protocol_version = h.getProtocolVersion();
-          if (out.protocol_version != stream_protocol_version)
+          if (out.protocol_version < 1 || out.protocol_version > stream_protocol_version)
             return malformed("stream hello: unsupported protocol version " +
                              std::to_string(out.protocol_version));
           out.stream_id = h.getStreamId();
@@ -186,7 +189,7 @@ decoded<stream_frame> decode_frame(std::span<const std::byte> bytes,
           auto c = r.getCredit();
           return stream_frame(credit_grant{c.getStreamId(), c.getGrantBytes(), c.getWindowBytes(),
                                            c.getSegmentBytesMax(), c.getWindowAddress(),
-                                           c.getWindowKey()});
+                                           c.getWindowKey(), c.getKeepaliveMs()});
         }
         case wire::TransportFrame::ERROR: {
           auto e = r.getError();
@@ -197,6 +200,8 @@ decoded<stream_frame> decode_frame(std::span<const std::byte> bytes,
           return stream_frame(stream_bye{});
         case wire::TransportFrame::END:
           return stream_frame(stream_bye{r.getEnd().getStreamId()});
+        case wire::TransportFrame::ALIVE:
+          return stream_frame(stream_alive{r.getAlive().getStreamId()});
         }
         return malformed("transport frame: unknown kind " +
                          std::to_string(static_cast<unsigned>(r.which())));

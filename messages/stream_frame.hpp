@@ -58,6 +58,9 @@ struct credit_grant {
   std::uint64_t segment_bytes_max = 0;
   std::uint64_t window_address = 0; ///< fabric RMA target address (0 without RMA)
   std::uint64_t window_key = 0;     ///< fabric RMA key
+  /// First credit: an idle sender sends stream_alive at least this often, or the receiver
+  /// ends its stream as dead (0: not needed).
+  std::uint32_t keepalive_ms = 0;
 };
 
 /// An error for the peer: code numbered as transport::errc / ErrorCode, context for humans.
@@ -73,10 +76,17 @@ struct stream_bye {
   std::uint64_t stream_id = 0;
 };
 
-using stream_frame = std::variant<kv_envelope, stream_hello, credit_grant, error_info, stream_bye>;
+/// An idle sender still lives (sent when the receiver's first credit asks, keepalive_ms).
+struct stream_alive {
+  std::uint64_t stream_id = 0;
+};
 
-/// Protocol version this build speaks (StreamHello.protocolVersion).
-inline constexpr std::uint32_t stream_protocol_version = 1;
+using stream_frame =
+    std::variant<kv_envelope, stream_hello, credit_grant, error_info, stream_bye, stream_alive>;
+
+/// Protocol version this build speaks (StreamHello.protocolVersion); readers take 1 too.
+/// 2: the sender answers Credit.keepaliveMs with StreamAlive frames while idle.
+inline constexpr std::uint32_t stream_protocol_version = 2;
 
 /// A frame built for output. segments() is what goes on the wire (with the segment table
 /// from capnp::writeMessage's layout if needed); flat() is one contiguous copy.

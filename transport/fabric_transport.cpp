@@ -691,8 +691,10 @@ struct fabric_ring {
 struct fabric_stream {
   std::uint64_t id = 0;
   fi_addr_t peer = FI_ADDR_UNSPEC;
-  bool ended = false; ///< the sender said bye: freed (end_streams) once no arrival waits on it
-  pid_t peer_pid = 0; ///< shm: the sender's process (0: unknown, or this one)
+  bool ended = false;     ///< the sender said bye: freed (end_streams) once no arrival waits on it
+  pid_t peer_pid = 0;     ///< shm: the sender's process (0: unknown, or this one)
+  bool keepalive = false; ///< the sender says it lives while idle: silence ends the stream
+  std::chrono::steady_clock::time_point last_heard{}; ///< its last frame
   std::uint64_t window_bytes = 0;
   std::uint64_t head = 0; ///< virtual offset of the next expected region
   bool tagged = false;    ///< payloads arrive as tagged messages (else RMA writes)
@@ -755,7 +757,6 @@ public:
       if (!n) return arrival_checker::reject(stats_, n.code(), n.err().context);
       discards_.remove_if([](const fabric_op& op) { return op.done; });
       drain_waiting();
-      check_senders();
       end_streams();
       if (auto r = post_receives(); !r) return r.err();
       idle = *n == 0;
@@ -763,6 +764,7 @@ public:
         wait.reset();
         continue;
       }
+      check_senders(); // idle: every frame that came is read, so silence is real
       if (std::chrono::steady_clock::now() >= deadline)
         return fail(errc::timeout, address_ + ": nothing arrived within " +
                                        std::to_string(timeout.count()) + " ms");
@@ -807,6 +809,10 @@ private:
       return arrival_checker::reject(stats_, code, address_ + ": " + frame.why().context);
     }
     if (auto* hello = std::get_if<messages::stream_hello>(&*frame)) return on_hello(*hello);
+    if (auto* alive = std::get_if<messages::stream_alive>(&*frame)) {
+      heard(alive->stream_id);
+      return error{errc::ok, {}};
+    }
     if (auto* bye = std::get_if<messages::stream_bye>(&*frame)) {
       auto it = streams_.find(bye->stream_id);
       if (it != streams_.end() && !it->second.ended) { // freed once nothing waits on it
@@ -821,10 +827,14 @@ private:
           e->code > 0 && e->code < errc_count ? static_cast<errc>(e->code) : errc::internal;
       return fail(code, address_ + ": the sender reports: " + e->context);
     }
-    if (auto* skip = std::get_if<messages::credit_grant>(&*frame)) return on_skip(*skip);
+    if (auto* skip = std::get_if<messages::credit_grant>(&*frame)) {
+      heard(skip->stream_id);
+      return on_skip(*skip);
+    }
     auto* env = std::get_if<messages::kv_envelope>(&*frame);
     if (env == nullptr)
       return arrival_checker::reject(stats_, errc::malformed, address_ + ": unexpected frame kind");
+    heard(env->stream_id);
     if (!ep_.rma()) return on_tagged_envelope(std::move(*env));
     // shm: the sender sent the envelope after its write completed: the bytes are in place.
     if (ep_.placed_on_completion()) return on_segment(*env);
@@ -833,20 +843,34 @@ private:
     return error{errc::ok, {}};
   }
 
-  /// Ends the streams of shm senders whose process is gone (SIGKILL, a crash: no bye came),
-  /// checked at most every 500 ms (one kill(pid, 0) per stream): their windows would stay until
-  /// this receiver closes, one per dead sender (a node process that dies and rejoins, again and
-  /// again). Another provider's dead sender keeps its stream until then (documented limit): nothing
-  /// tells a receiver that a remote peer is gone short of sending to it.
+  /// Ends the streams of senders that died without a goodbye (SIGKILL, a crash, a lost host),
+  /// whose windows would otherwise stay until this receiver closes, one per dead sender (a
+  /// node process that dies and rejoins, again and again). shm: the sender's process is gone
+  /// (one kill(pid, 0) per stream). Other providers: the sender, which says it lives every
+  /// quarter of options.stream_silence_ms while idle, has said nothing for that long; a
+  /// sender that was only stalled then finds its window's registration closed (its next write
+  /// fails, it reconnects). Not shm: there the sender copies into the window's memory itself,
+  /// which a live sender must never find freed. Checked at most every 500 ms, when idle.
   void check_senders() {
     const auto now = std::chrono::steady_clock::now();
     if (now < next_sender_check_) return;
     next_sender_check_ = now + std::chrono::milliseconds(500);
-    for (auto& [id, st] : streams_)
-      if (!st.ended && st.peer_pid > 0 && !process_running(st.peer_pid)) {
+    const auto silence = std::chrono::milliseconds(opts_.stream_silence_ms);
+    for (auto& [id, st] : streams_) {
+      if (st.ended) continue;
+      const bool dead = st.peer_pid > 0 ? !process_running(st.peer_pid)
+                                        : st.keepalive && now - st.last_heard > silence;
+      if (dead) {
         st.ended = true;
         ++ended_;
       }
+    }
+  }
+
+  /// A frame of stream `id` came: its sender lives.
+  void heard(std::uint64_t id) {
+    if (auto it = streams_.find(id); it != streams_.end())
+      it->second.last_heard = std::chrono::steady_clock::now();
   }
 
   /// Frees the streams whose senders said bye once no arrival waits on them: a lane whose
@@ -1090,7 +1114,11 @@ private:
     if (ep_.flavor() == "shm") {
       st.peer_pid = shm_endpoint_pid(hello.endpoint_name);
       if (st.peer_pid == ::getpid()) st.peer_pid = 0; // its bye comes from its destructor
+    } else {
+      st.keepalive = hello.protocol_version >= 2 && opts_.stream_silence_ms > 0;
     }
+    st.last_heard = std::chrono::steady_clock::now();
+    const std::uint32_t keepalive_ms = st.keepalive ? std::max(1u, opts_.stream_silence_ms / 4) : 0;
     st.ring = std::make_shared<fabric_ring>();
     void* mem = allocate_window(opts_.window_bytes);
     if (mem == nullptr) return fail(errc::internal, address_ + ": cannot allocate the window");
@@ -1120,10 +1148,11 @@ private:
     streams_.emplace(id, std::move(st));
     stats_.streams_open.store(streams_.size(), std::memory_order_relaxed);
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-    if (auto r = ep_.send_ctrl(to,
-                               messages::credit_grant{id, opts_.window_bytes, opts_.window_bytes,
-                                                      opts_.segment_bytes_max, addr, key},
-                               deadline);
+    if (auto r =
+            ep_.send_ctrl(to,
+                          messages::credit_grant{id, opts_.window_bytes, opts_.window_bytes,
+                                                 opts_.segment_bytes_max, addr, key, keepalive_ms},
+                          deadline);
         !r)
       return r.err();
     return error{errc::ok, {}};
@@ -1281,6 +1310,7 @@ public:
       if (!posted) return posted;
     }
     sequence_ = sequence + 1;
+    last_said_ = std::chrono::steady_clock::now(); // its envelope goes now or on completion
     stats_.segments_sent.fetch_add(1, std::memory_order_relaxed);
     stats_.bytes_sent.fetch_add(n, std::memory_order_relaxed);
     // The write stays in flight (its payload owner is held in writes_ until the completion is
@@ -1363,7 +1393,14 @@ private:
     backoff wait;
     while (!stop_) {
       if (writes_.empty()) {
-        wake_.wait(lock, [&] { return stop_ || !writes_.empty(); });
+        // Idle: asleep, but awake often enough to tell the receiver this sender lives.
+        // (A first credit that asks for keepalives wakes it too: it may come and its write
+        // complete inside one send(), with nothing left in flight to wake this thread.)
+        const auto asked = keepalive_;
+        const auto nap = asked.count() > 0 ? asked : std::chrono::milliseconds(60000);
+        wake_.wait_for(lock, nap, [&] { return stop_ || !writes_.empty() || keepalive_ != asked; });
+        if (!stop_ && writes_.empty() && keepalive_.count() > 0)
+          if (auto r = pump_once(); !r && deferred_.code == errc::ok) deferred_ = r.err();
         wait.reset();
         continue;
       }
@@ -1499,6 +1536,7 @@ private:
   /// One pass over the CQ: credits, write completions; envelopes go out in order.
   result<void> pump_once() {
     if (auto r = try_hello(); !r) return r;
+    if (auto r = keep_alive(); !r) return r;
     auto n = ep_.poll([&](std::span<const std::byte> bytes) {
       auto frame = messages::decode_frame(bytes, opts_.segment_bytes_max);
       if (!frame) return;
@@ -1511,6 +1549,8 @@ private:
       }
       if (auto* c = std::get_if<messages::credit_grant>(&*frame)) {
         if (c->window_bytes != 0) {
+          keepalive_ = std::chrono::milliseconds(c->keepalive_ms);
+          wake_.notify_one(); // the progress thread naps no longer than keepalive_
           window_ = c->window_bytes;
           receiver_max_ = c->segment_bytes_max;
           window_address_ = c->window_address;
@@ -1535,6 +1575,19 @@ private:
       }
       writes_.pop_front(); // the provider is done with the payload: release it
     }
+    return {};
+  }
+
+  /// Tells the receiver this sender lives when it has said nothing for keepalive_ (the
+  /// receiver's first credit asks for it; it ends a silent stream as dead).
+  result<void> keep_alive() {
+    if (keepalive_.count() == 0 || window_ == 0) return {};
+    const auto now = std::chrono::steady_clock::now();
+    if (now - last_said_ < keepalive_) return {};
+    auto sent =
+        ep_.try_send_bytes(peer_, messages::encode_frame(messages::stream_alive{stream_id_}));
+    if (!sent) return sent.err();
+    if (*sent) last_said_ = now;
     return {};
   }
 
@@ -1580,8 +1633,10 @@ private:
   bool tagged_ = false;  ///< payloads go as tagged messages (the receiver's choice)
   std::string mismatch_; ///< why this sender cannot follow the receiver's mode
   bool mismatch_told_ = false;
-  error refused_{errc::ok, {}};  ///< the receiver refused this stream (error frame), why
-  std::vector<std::byte> hello_; ///< not yet accepted by the provider
+  error refused_{errc::ok, {}};            ///< the receiver refused this stream (error frame), why
+  std::chrono::milliseconds keepalive_{0}; ///< say this sender lives this often (0: never)
+  std::chrono::steady_clock::time_point last_said_{}; ///< last segment or keepalive
+  std::vector<std::byte> hello_;                      ///< not yet accepted by the provider
   std::deque<std::unique_ptr<fabric_write>> writes_;
   std::list<cached_mr> mr_cache_;
   counters stats_;

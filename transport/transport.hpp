@@ -64,6 +64,11 @@ struct options {
   /// Receiver (fabric): senders' streams held at once, so at most this many windows. A hello
   /// beyond it is refused: that sender's first send fails with oversized and says why.
   std::size_t streams_max = 64;
+  /// Receiver (fabric over tcp, verbs, efa): a stream whose sender has said nothing for this
+  /// long is ended as dead (a killed process says no goodbye) and its window freed; a live
+  /// sender that has nothing to send says it lives every quarter of it (Credit.keepaliveMs).
+  /// shm ends a dead sender's stream by its pid instead. 0: never.
+  std::uint32_t stream_silence_ms = 10000;
   /// Receiver: (request, epoch, layer, token range) keys remembered for duplicate detection;
   /// older keys are forgotten first (bounded memory).
   std::size_t duplicate_keys_max = 65536;

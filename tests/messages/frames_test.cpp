@@ -119,6 +119,17 @@ TEST_CASE("hello, credit, error and bye frames round trip") {
   auto d5 = decode_frame(encode_frame(stream_bye{}), 1024);
   REQUIRE(d5.ok());
   CHECK(std::get<stream_bye>(*d5).stream_id == 0); // not said
+  auto d6 = decode_frame(encode_frame(stream_alive{0xabcdef}), 1024);
+  REQUIRE(d6.ok());
+  REQUIRE(std::holds_alternative<stream_alive>(*d6));
+  CHECK(std::get<stream_alive>(*d6).stream_id == 0xabcdef);
+  auto d7 = decode_frame(encode_frame(credit_grant{1, 2, 3, 4, 5, 6, 2500}), 1024);
+  REQUIRE(d7.ok());
+  CHECK(std::get<credit_grant>(*d7).keepalive_ms == 2500);
+  // Protocol 1 (no keepalives) is still read; an unknown version is not.
+  CHECK(decode_frame(encode_frame(stream_hello{1, 9, {}}), 1024).ok());
+  CHECK(decode_frame(encode_frame(stream_hello{2, 9, {}}), 1024).ok());
+  CHECK_FALSE(decode_frame(encode_frame(stream_hello{3, 9, {}}), 1024).ok());
 }
 
 TEST_CASE("every truncation of a frame is rejected as truncated or malformed, never thrown") {

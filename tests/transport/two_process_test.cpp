@@ -120,3 +120,28 @@ TEST_CASE("a fabric+shm receiver frees the stream of a sender whose process died
     CHECK((*rx)->recv(100ms).code() == errc::timeout);
   CHECK((*rx)->stats().streams_open.load() == 0);
 }
+
+TEST_CASE("a fabric+tcp receiver keeps an idle live sender's stream and ends a silent dead one's") {
+  // Over tcp (and verbs, efa) nothing tells the receiver that the sender's process is gone:
+  // a live sender says so every quarter of stream_silence_ms while idle; a dead one falls
+  // silent and its stream, with its window, is freed.
+  options o;
+  o.segment_bytes_max = 1 << 20;
+  o.window_bytes = 1 << 20;
+  o.stream_silence_ms = 1000;
+  auto rx = listen("fabric+tcp://127.0.0.1:0", o);
+  REQUIRE(rx.ok());
+  test::peer_process peer({"linger", (*rx)->address(), "6", "65536"});
+  REQUIRE(peer.started());
+  auto seg = (*rx)->recv(30s);
+  REQUIRE(seg.ok());
+  CHECK(test::matches_pattern(seg->payload.bytes(), 6, 0));
+  REQUIRE(peer.read_line(20s) == "sent");
+  // Three silence bounds of idleness: its keepalives hold the stream.
+  for (int i = 0; i < 30; ++i) CHECK((*rx)->recv(100ms).code() == errc::timeout);
+  CHECK((*rx)->stats().streams_open.load() == 1);
+  peer.kill();
+  for (int i = 0; i < 40 && (*rx)->stats().streams_open.load() != 0; ++i)
+    CHECK((*rx)->recv(100ms).code() == errc::timeout);
+  CHECK((*rx)->stats().streams_open.load() == 0);
+}
