@@ -847,10 +847,11 @@ private:
   /// whose windows would otherwise stay until this receiver closes, one per dead sender (a
   /// node process that dies and rejoins, again and again). shm: the sender's process is gone
   /// (one kill(pid, 0) per stream). Other providers: the sender, which says it lives every
-  /// quarter of options.stream_silence_ms while idle, has said nothing for that long; a
-  /// sender that was only stalled then finds its window's registration closed (its next write
-  /// fails, it reconnects). Not shm: there the sender copies into the window's memory itself,
-  /// which a live sender must never find freed. Checked at most every 500 ms, when idle.
+  /// quarter of options.stream_silence_ms while idle, has said nothing for that long; it is
+  /// told (an error frame), so that a sender that was only stalled fails its next send and
+  /// reconnects: a write into the closed registration completed at a tcp sender as if
+  /// delivered. Not shm: there the sender copies into the window's memory itself, which a live
+  /// sender must never find freed. Checked at most every 500 ms, when idle.
   void check_senders() {
     const auto now = std::chrono::steady_clock::now();
     if (now < next_sender_check_) return;
@@ -858,12 +859,17 @@ private:
     const auto silence = std::chrono::milliseconds(opts_.stream_silence_ms);
     for (auto& [id, st] : streams_) {
       if (st.ended) continue;
-      const bool dead = st.peer_pid > 0 ? !process_running(st.peer_pid)
-                                        : st.keepalive && now - st.last_heard > silence;
-      if (dead) {
-        st.ended = true;
-        ++ended_;
-      }
+      const bool gone = st.peer_pid > 0 && !process_running(st.peer_pid);
+      const bool silent = st.peer_pid == 0 && st.keepalive && now - st.last_heard > silence;
+      if (!gone && !silent) continue;
+      if (silent) // in case it was only stalled: its next send() fails with this, and it reconnects
+        (void)ep_.try_send_bytes(
+            st.peer, messages::encode_frame(messages::error_info{
+                         static_cast<std::uint16_t>(errc::timeout),
+                         "stream " + std::to_string(id) + " ended: its sender said nothing for " +
+                             std::to_string(opts_.stream_silence_ms) + " ms"}));
+      st.ended = true;
+      ++ended_;
     }
   }
 
@@ -1239,6 +1245,8 @@ public:
     auto deadline = std::chrono::steady_clock::now() + timeout;
     call_guard call(*this);
     if (auto r = take_deferred(); !r) return r;
+    if (auto r = pump_once(); !r) return r; // control frames first: has the receiver refused?
+    if (refused_.code != errc::ok) return refused_;
     while (window_ == 0) {
       if (refused_.code != errc::ok) return refused_;
       if (auto r = pump(deadline); !r)
@@ -1541,7 +1549,8 @@ private:
       auto frame = messages::decode_frame(bytes, opts_.segment_bytes_max);
       if (!frame) return;
       if (auto* e = std::get_if<messages::error_info>(&*frame)) {
-        // The receiver refuses this stream (too many streams): every send fails with it.
+        // The receiver refuses this stream (too many streams, or it ended the stream after a
+        // silence): every send fails with it.
         const errc code =
             e->code > 0 && e->code < errc_count ? static_cast<errc>(e->code) : errc::internal;
         refused_ = error{code, name_ + ": the receiver refuses the stream: " + e->context};

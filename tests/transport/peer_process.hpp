@@ -74,6 +74,11 @@ public:
     return -1;
   }
 
+  /// Sends `sig` (SIGSTOP, SIGCONT: a stalled peer).
+  void signal(int sig) {
+    if (pid_ > 0) ::kill(pid_, sig);
+  }
+
   void kill() {
     if (pid_ <= 0) return;
     ::kill(pid_, SIGKILL);

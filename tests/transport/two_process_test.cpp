@@ -145,3 +145,35 @@ TEST_CASE("a fabric+tcp receiver keeps an idle live sender's stream and ends a s
     CHECK((*rx)->recv(100ms).code() == errc::timeout);
   CHECK((*rx)->stats().streams_open.load() == 0);
 }
+
+TEST_CASE("a fabric+tcp sender stalled past the silence bound fails its next send cleanly") {
+  // Its stream was ended as dead and its window's registration closed: the write it makes on
+  // waking must fail at the sender, and nothing of it may arrive.
+  options o;
+  o.segment_bytes_max = 1 << 20;
+  o.window_bytes = 1 << 20;
+  o.stream_silence_ms = 1000;
+  auto rx = listen("fabric+tcp://127.0.0.1:0", o);
+  REQUIRE(rx.ok());
+  test::peer_process peer({"stall", (*rx)->address(), "7", "65536"});
+  REQUIRE(peer.started());
+  auto first = (*rx)->recv(30s);
+  REQUIRE(first.ok());
+  REQUIRE(peer.read_line(20s) == "sent");
+  peer.signal(SIGSTOP);
+  for (int i = 0; i < 40 && (*rx)->stats().streams_open.load() != 0; ++i)
+    CHECK((*rx)->recv(100ms).code() == errc::timeout);
+  CHECK((*rx)->stats().streams_open.load() == 0);
+  peer.signal(SIGCONT);
+  // The peer's second send, into the closed window: it fails there, and the receiver takes
+  // nothing from it.
+  for (int i = 0; i < 60; ++i) {
+    auto got = (*rx)->recv(100ms);
+    CHECK_FALSE(got.ok());
+  }
+  auto second = peer.read_line(20s);
+  INFO(second);
+  CHECK(second.rfind("second: ", 0) == 0);
+  CHECK(second != "second: ok");
+  CHECK(peer.wait(10s) == 0);
+}

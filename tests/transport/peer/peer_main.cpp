@@ -4,6 +4,10 @@
 //   transport_peer linger <address> <seed> <bytes>    send one pattern segment, flush, print
 //                                                     "sent", then wait to be killed (no
 //                                                     goodbye: a crashed sender)
+//   transport_peer stall <address> <seed> <bytes>     send segment 0, print "sent", sleep 3 s
+//                                                     (the test stops the process meanwhile),
+//                                                     send segment 1, print "second: ok" or
+//                                                     "second: <error>", exit 0
 //   transport_peer hold <bind-address> <count>        listen, print the concrete address on
 //                                                     stdout, receive <count> segments and keep
 //                                                     them (never release credit), then wait to
@@ -71,6 +75,26 @@ int main(int argc, char** argv) {
     std::printf("sent\n");
     std::fflush(stdout);
     for (;;) std::this_thread::sleep_for(1s); // until killed
+  }
+  if (mode == "stall") {
+    auto tx = transport::connect(argv[2], base);
+    if (!tx || argc < 5) return tx ? 2 : 3;
+    const std::uint64_t seed = std::strtoull(argv[3], nullptr, 10);
+    const std::size_t bytes = std::strtoull(argv[4], nullptr, 10);
+    auto ok = (*tx)->send(test::pattern_segment(seed, 0, bytes), 20s);
+    if (ok) ok = (*tx)->flush(20s);
+    if (!ok) {
+      std::fprintf(stderr, "send: %s\n", ok.err().to_string().c_str());
+      return 3;
+    }
+    std::printf("sent\n");
+    std::fflush(stdout);
+    std::this_thread::sleep_for(3s);
+    ok = (*tx)->send(test::pattern_segment(seed, 1, bytes), 5s);
+    if (ok) ok = (*tx)->flush(5s);
+    std::printf("second: %s\n", ok ? "ok" : ok.err().to_string().c_str());
+    std::fflush(stdout);
+    return 0;
   }
   if (mode == "hold") {
     transport::options opts = base;
