@@ -116,7 +116,8 @@ caf::error kv_sender_set::send_now(const destination& route, transport::segment 
   } else {
     auto& tx = senders_[route.kv_address];
     if (!tx) {
-      auto connected = transport::connect(route.kv_address);
+      auto connected =
+          transport::connect(route.kv_address, kv_link_options(ctx_->model.weights->config));
       if (!connected) {
         senders_.erase(route.kv_address);
         return make_error(fabric_errc::transport_failure,
@@ -148,7 +149,7 @@ caf::error kv_sender_set::send_now(const destination& route, transport::segment 
 caf::expected<std::unique_ptr<kv_pump>> kv_pump::start(std::shared_ptr<fabric_context> ctx,
                                                        const std::string& listen_address,
                                                        std::function<caf::actor()> lane) {
-  auto rx = transport::listen(listen_address);
+  auto rx = transport::listen(listen_address, kv_link_options(ctx->model.weights->config));
   if (!rx)
     return make_error(fabric_errc::transport_failure,
                       fmt::format("listen on {}: {}", listen_address, rx.err().to_string()));
@@ -187,6 +188,17 @@ void kv_pump::run() {
     // notices the missing range by its KV timeout and the request re-runs its prefill.
     ctx_->counters.kv_segments_rejected.fetch_add(1, std::memory_order_relaxed);
   }
+}
+
+transport::options kv_link_options(const engine::model_config& model) {
+  transport::options o;
+  const std::size_t segment = static_cast<std::size_t>(model.seq_len) *
+                              static_cast<std::size_t>(model.kv_dim()) * 2 * sizeof(float);
+  o.segment_bytes_max = std::max<std::size_t>(segment, std::size_t{64} << 10);
+  o.window_bytes =
+      std::max(o.segment_bytes_max,
+               std::clamp<std::size_t>(8 * segment, std::size_t{4} << 20, std::size_t{128} << 20));
+  return o;
 }
 
 std::string kv_segment_problem(const transport::segment& seg) {

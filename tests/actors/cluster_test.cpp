@@ -2,6 +2,8 @@
 // path must give exactly the tokens of one plain engine run (contract 1 of DESIGN.md).
 #include "tests/actors/fabric_support.hpp"
 
+#include "actors/kv_link.hpp"
+
 #include "engine/tokenizer.hpp"
 
 #include <prometheus/registry.h>
@@ -116,4 +118,50 @@ TEST_CASE("a cluster with a metrics registry exports KV, transfer, restart, plac
     INFO(line);
     CHECK(text.find(line) != std::string::npos);
   }
+}
+
+TEST_CASE("a whole-context prompt in one KV segment per layer fits the KV link's sized window") {
+  // KV links size their window to the model (kv_link_options): the largest segment, a whole
+  // context's K and V of one layer, must still cross, over both kinds of window.
+  const auto model = engine::open_model(model_file("stories260K.bin"), model_file("tok512.bin"));
+  const auto& c = model.weights->config;
+  const auto o = actors::kv_link_options(c);
+  const std::size_t whole = std::size_t(c.seq_len) * std::size_t(c.kv_dim()) * 2 * sizeof(float);
+  CHECK(o.segment_bytes_max >= whole);
+  CHECK(o.window_bytes >= o.segment_bytes_max);
+  CHECK(o.window_bytes <= std::size_t{128} << 20);
+  for (const char* transport : {"fabric+shm", "zmq+tcp"}) {
+    INFO(transport);
+    auto cfg = stories_config();
+    cfg.transport = transport;
+    cfg.prefill_chunk_tokens = 0; // the whole prompt in one segment per layer
+    auto cluster = actors::make_embedded_cluster(cfg);
+    std::vector<int> prompt{1};
+    for (int i = 1; i < c.seq_len - 8; ++i) prompt.push_back(3 + (i * 37) % (c.vocab_size - 3));
+    auto expected = reference_tokens(prompt, 4, false);
+    collector col;
+    auto r = make_request("long", prompt, 4, actors::placement_mode::disaggregated);
+    r.stop_at_eos = false;
+    cluster->submit(r, col.callbacks());
+    auto out = col.wait();
+    INFO(out.result.error_message);
+    CHECK(out.tokens == expected);
+    CHECK(settled_kv_blocks(*cluster) == 0);
+  }
+}
+
+TEST_CASE("KV link windows grow with the model and never below one segment") {
+  engine::model_config big;
+  big.dim = 4096;
+  big.n_heads = 32;
+  big.n_kv_heads = 4;  // K and V widths of 512
+  big.seq_len = 65536; // one layer's K and V: 256 MiB
+  const auto o = actors::kv_link_options(big);
+  CHECK(o.segment_bytes_max == std::size_t{256} << 20);
+  CHECK(o.window_bytes == o.segment_bytes_max);
+  engine::model_config small = big;
+  small.seq_len = 16;
+  const auto s = actors::kv_link_options(small);
+  CHECK(s.window_bytes == std::size_t{4} << 20);
+  CHECK(s.segment_bytes_max == std::size_t{64} << 10);
 }
