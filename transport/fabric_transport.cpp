@@ -1245,7 +1245,11 @@ public:
     auto deadline = std::chrono::steady_clock::now() + timeout;
     call_guard call(*this);
     if (auto r = take_deferred(); !r) return r;
-    if (auto r = pump_once(); !r) return r; // control frames first: has the receiver refused?
+    // A receiver that asked for keepalives may have ended this stream after a silence (a
+    // stall): read its control frames before posting, so the refusal comes now, not after one
+    // more segment into a closed window. (Without keepalives nothing ends a live stream.)
+    if (keepalive_.count() > 0)
+      if (auto r = pump_once(); !r) return r;
     if (refused_.code != errc::ok) return refused_;
     while (window_ == 0) {
       if (refused_.code != errc::ok) return refused_;

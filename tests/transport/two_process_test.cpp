@@ -35,6 +35,33 @@ struct killed_receiver_file {
   }
 };
 
+/// A receiver for the lingering-sender tests: 1 MiB segments and window, and (fabric over
+/// tcp) the given silence bound.
+options small_fabric(std::uint32_t silence_ms = options{}.stream_silence_ms) {
+  options o;
+  o.segment_bytes_max = 1 << 20;
+  o.window_bytes = 1 << 20;
+  o.stream_silence_ms = silence_ms;
+  return o;
+}
+
+/// A `linger` or `stall` peer's first segment (pattern `seed`), checked and released, then its
+/// "sent".
+void receive_first(receiver& rx, test::peer_process& peer, std::uint64_t seed) {
+  REQUIRE(peer.started());
+  auto seg = rx.recv(30s);
+  REQUIRE(seg.ok());
+  CHECK(test::matches_pattern(seg->payload.bytes(), seed, 0));
+  REQUIRE(peer.read_line(20s) == "sent");
+}
+
+/// Receives (nothing: each call times out) until the receiver holds no stream, 4 s at most.
+void wait_until_no_streams(receiver& rx) {
+  for (int i = 0; i < 40 && rx.stats().streams_open.load() != 0; ++i)
+    CHECK(rx.recv(100ms).code() == errc::timeout);
+  CHECK(rx.stats().streams_open.load() == 0);
+}
+
 } // namespace
 
 TEST_CASE("segments of 1 KiB to 64 MiB cross to another process byte-identical") {
@@ -100,72 +127,43 @@ TEST_CASE("a fabric+shm receiver frees the stream of a sender whose process died
           "goodbye") {
   // Its window would otherwise stay until the receiver closes: one per node process that dies
   // and rejoins.
-  options o;
-  o.segment_bytes_max = 1 << 20;
-  o.window_bytes = 1 << 20;
-  auto rx = listen("fabric+shm://", o);
+  auto rx = listen("fabric+shm://", small_fabric());
   REQUIRE(rx.ok());
   test::peer_process peer({"linger", (*rx)->address(), "5", "65536"});
-  REQUIRE(peer.started());
-  auto seg = (*rx)->recv(30s);
-  REQUIRE(seg.ok());
-  CHECK(test::matches_pattern(seg->payload.bytes(), 5, 0));
-  REQUIRE(peer.read_line(20s) == "sent");
+  receive_first(**rx, peer, 5);
   CHECK((*rx)->stats().streams_open.load() == 1);
   (void)(*rx)->recv(700ms); // the sender lives: its stream stays
   CHECK((*rx)->stats().streams_open.load() == 1);
   peer.kill();
-  // Checked at most every 500 ms while idle.
-  for (int i = 0; i < 20 && (*rx)->stats().streams_open.load() != 0; ++i)
-    CHECK((*rx)->recv(100ms).code() == errc::timeout);
-  CHECK((*rx)->stats().streams_open.load() == 0);
+  wait_until_no_streams(**rx); // its pid is checked at most every 500 ms
 }
 
 TEST_CASE("a fabric+tcp receiver keeps an idle live sender's stream and ends a silent dead one's") {
   // Over tcp (and verbs, efa) nothing tells the receiver that the sender's process is gone:
   // a live sender says so every quarter of stream_silence_ms while idle; a dead one falls
   // silent and its stream, with its window, is freed.
-  options o;
-  o.segment_bytes_max = 1 << 20;
-  o.window_bytes = 1 << 20;
-  o.stream_silence_ms = 1000;
-  auto rx = listen("fabric+tcp://127.0.0.1:0", o);
+  auto rx = listen("fabric+tcp://127.0.0.1:0", small_fabric(1000));
   REQUIRE(rx.ok());
   test::peer_process peer({"linger", (*rx)->address(), "6", "65536"});
-  REQUIRE(peer.started());
-  auto seg = (*rx)->recv(30s);
-  REQUIRE(seg.ok());
-  CHECK(test::matches_pattern(seg->payload.bytes(), 6, 0));
-  REQUIRE(peer.read_line(20s) == "sent");
+  receive_first(**rx, peer, 6);
   // Three silence bounds of idleness: its keepalives hold the stream.
   for (int i = 0; i < 30; ++i) CHECK((*rx)->recv(100ms).code() == errc::timeout);
   CHECK((*rx)->stats().streams_open.load() == 1);
   peer.kill();
-  for (int i = 0; i < 40 && (*rx)->stats().streams_open.load() != 0; ++i)
-    CHECK((*rx)->recv(100ms).code() == errc::timeout);
-  CHECK((*rx)->stats().streams_open.load() == 0);
+  wait_until_no_streams(**rx);
 }
 
 TEST_CASE("a fabric+tcp sender stalled past the silence bound fails its next send cleanly") {
   // Its stream was ended as dead and its window's registration closed: the write it makes on
-  // waking must fail at the sender, and nothing of it may arrive.
-  options o;
-  o.segment_bytes_max = 1 << 20;
-  o.window_bytes = 1 << 20;
-  o.stream_silence_ms = 1000;
-  auto rx = listen("fabric+tcp://127.0.0.1:0", o);
+  // waking must fail at the sender, and nothing of it may arrive. Its first segment is released
+  // (receive_first), so the window's memory goes with the stream: a late write must not land
+  // in it.
+  auto rx = listen("fabric+tcp://127.0.0.1:0", small_fabric(1000));
   REQUIRE(rx.ok());
   test::peer_process peer({"stall", (*rx)->address(), "7", "65536"});
-  REQUIRE(peer.started());
-  {
-    auto first = (*rx)->recv(30s);
-    REQUIRE(first.ok());
-  } // released: the window's memory goes with the stream (a late write must not land in it)
-  REQUIRE(peer.read_line(20s) == "sent");
+  receive_first(**rx, peer, 7);
   peer.signal(SIGSTOP);
-  for (int i = 0; i < 40 && (*rx)->stats().streams_open.load() != 0; ++i)
-    CHECK((*rx)->recv(100ms).code() == errc::timeout);
-  CHECK((*rx)->stats().streams_open.load() == 0);
+  wait_until_no_streams(**rx);
   peer.signal(SIGCONT);
   // The peer's second send, into the closed window: it fails there, and the receiver takes
   // nothing from it.

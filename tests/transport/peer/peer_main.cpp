@@ -61,24 +61,13 @@ int main(int argc, char** argv) {
     std::this_thread::sleep_for(300ms);
     return 0;
   }
-  if (mode == "linger") {
+  if (mode == "linger" || mode == "stall") {
+    if (argc < 5) return 2;
     auto tx = transport::connect(argv[2], base);
-    if (!tx || argc < 5) return tx ? 2 : 3;
-    auto ok = (*tx)->send(test::pattern_segment(std::strtoull(argv[3], nullptr, 10), 0,
-                                                std::strtoull(argv[4], nullptr, 10)),
-                          20s);
-    if (ok) ok = (*tx)->flush(20s);
-    if (!ok) {
-      std::fprintf(stderr, "send: %s\n", ok.err().to_string().c_str());
+    if (!tx) {
+      std::fprintf(stderr, "connect: %s\n", tx.err().to_string().c_str());
       return 3;
     }
-    std::printf("sent\n");
-    std::fflush(stdout);
-    for (;;) std::this_thread::sleep_for(1s); // until killed
-  }
-  if (mode == "stall") {
-    auto tx = transport::connect(argv[2], base);
-    if (!tx || argc < 5) return tx ? 2 : 3;
     const std::uint64_t seed = std::strtoull(argv[3], nullptr, 10);
     const std::size_t bytes = std::strtoull(argv[4], nullptr, 10);
     auto ok = (*tx)->send(test::pattern_segment(seed, 0, bytes), 20s);
@@ -89,6 +78,8 @@ int main(int argc, char** argv) {
     }
     std::printf("sent\n");
     std::fflush(stdout);
+    if (mode == "linger")
+      for (;;) std::this_thread::sleep_for(1s); // until killed
     std::this_thread::sleep_for(3s);
     ok = (*tx)->send(test::pattern_segment(seed, 1, bytes), 5s);
     if (ok) ok = (*tx)->flush(5s);
