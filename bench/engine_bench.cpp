@@ -214,7 +214,14 @@ engine_bench_result run_engine_bench(const engine_bench_options& o) {
     }
   }
   for (auto& fig : res.prefill) fig.tokens = fig.n;
-  for (auto& fig : res.decode) fig.tokens = static_cast<double>(fig.n) * o.decode_steps;
+  // Step s (0-based) attends ctx + s + 1 positions: on average ctx + (steps + 1) / 2.
+  const auto kv_row_bytes =
+      static_cast<double>(engine::row_bytes(o.kv_type, static_cast<std::size_t>(c.kv_dim())));
+  for (auto& fig : res.decode) {
+    fig.tokens = static_cast<double>(fig.n) * o.decode_steps;
+    fig.kv_bytes_per_step =
+        fig.n * c.n_layers * 2 * kv_row_bytes * (ctx + (o.decode_steps + 1) / 2.0);
+  }
   res.model_file_bytes = static_cast<std::size_t>(std::filesystem::file_size(o.model));
   res.resident_bytes = resident_bytes();
   if (o.on_progress) o.on_progress(1.0, "done");
@@ -295,8 +302,9 @@ std::string format_engine_bench(const engine_bench_result& r) {
   }
   for (const auto& d : r.decode) {
     std::string extra;
-    // A batch of n reads the weights once per step: its ceiling is the smaller of n x the
-    // roofline and the compute ceiling.
+    // A batch of n reads the weights once per step, and each sequence's K and V: its ceiling
+    // is the smaller of that memory bound and the compute ceiling. Until 2026-11-29 (third
+    // session) the memory bound was n x the roofline, which leaves the K and V out.
     if (d.n == 1 && roof > 0)
       extra = fmt::format("   {:.0f}% of roofline (target >= 80%; per round {}%)",
                           100.0 * d.tokens_per_s() / roof,
@@ -305,13 +313,21 @@ std::string format_engine_bench(const engine_bench_result& r) {
                                 return 100.0 * d.round_tokens_per_s(i) / r.roofline_tokens_per_s(i);
                               },
                               "{:.0f}"));
-    else if (single != nullptr)
+    else if (single != nullptr) {
+      // Its memory ceiling: n tokens per step, a step reading the weights once and every
+      // sequence's K and V.
+      const double memory =
+          roof > 0 ? d.n * r.read_gbps() * 1e9 /
+                         (static_cast<double>(r.weight_bytes_per_token) + d.kv_bytes_per_step)
+                   : 0.0;
       extra = times_single(d, d.n == 32 ? "8x" : nullptr) +
-              (roof > 0 && ceiling > 0
-                   ? fmt::format(", {:.0f}% of its ceiling {:.1f} tok/s",
-                                 100.0 * d.tokens_per_s() / std::min(d.n * roof, ceiling),
-                                 std::min(d.n * roof, ceiling))
+              (memory > 0 && ceiling > 0
+                   ? fmt::format(", {:.0f}% of its ceiling {:.1f} tok/s (the lower of compute "
+                                 "and bandwidth / the weights + {:.1f} MB of K and V a step)",
+                                 100.0 * d.tokens_per_s() / std::min(memory, ceiling),
+                                 std::min(memory, ceiling), d.kv_bytes_per_step / 1e6)
                    : "");
+    }
     line(fmt::format("decode {:>3} seq  {:>10.1f} tok/s (mean {:.1f}){}", d.n, d.tokens_per_s(),
                      d.mean_tokens_per_s(), extra));
   }
