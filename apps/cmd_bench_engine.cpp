@@ -34,6 +34,11 @@ void setup_bench_engine(CLI::App& app) {
   cmd->add_option("--steps", o->bench.decode_steps, "Timed decode steps per batch size")
       ->capture_default_str()
       ->check(CLI::Range(1, 100000));
+  cmd->add_option("--warmup-steps", o->bench.warmup_steps,
+                  "Untimed decode steps before the timed ones (a figure is then the steady "
+                  "state, as the read baseline is)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 100000));
   cmd->add_option("--rounds", o->bench.rounds,
                   "Timings per prefill and decode figure; the best is reported with the mean "
                   "beside it (the bandwidth and peak baselines are best-of passes too)")

@@ -2,6 +2,7 @@
 
 #include "bench/compute_baseline.hpp"
 #include "bench/memory_baseline.hpp"
+#include "engine/error.hpp"
 #include "engine/forward.hpp"
 #include "engine/kernels.hpp"
 #include "engine/kv_cache.hpp"
@@ -163,7 +164,16 @@ engine_bench_result run_engine_bench(const engine_bench_options& o) {
   for (int b : o.decode_batches) res.decode.push_back({b, {}});
   std::vector<std::vector<int>> prompts;
   for (const auto& p : res.prefill) prompts.push_back(random_tokens(p.n));
-  const int ctx = std::min(o.context_tokens, c.seq_len - o.decode_steps - 1);
+  // Each decoding sequence starts from a prompt of `prompt` tokens, runs the warm-up steps,
+  // then the timed ones from position `timed_from` (context_tokens where the model has room).
+  const int prompt = std::max(1, o.context_tokens - o.warmup_steps);
+  const int timed_from = prompt + o.warmup_steps;
+  if (!o.decode_batches.empty() && timed_from + o.decode_steps + 1 > c.seq_len)
+    throw engine::engine_error(
+        engine::engine_errc::invalid_argument,
+        fmt::format("a {}-token prompt, {} warm-up and {} timed decode steps do not fit in this "
+                    "model's {} positions: use fewer --steps or --warmup-steps",
+                    prompt, o.warmup_steps, o.decode_steps, c.seq_len));
 
   // Round after round, every figure once per round (not one figure's rounds back to back):
   // a ratio is then taken between figures measured seconds apart, in the same phase of a
@@ -177,13 +187,18 @@ engine_bench_result run_engine_bench(const engine_bench_options& o) {
     for (std::size_t i = 0; i < res.prefill.size(); ++i) {
       auto& fig = res.prefill[i];
       report(fmt::format("prefill {} tokens{}", fig.n, of));
-      auto id = next_id++;
-      kv.seq_add(id);
-      kv.seq_reserve(id, fig.n);
-      auto t0 = clock_type::now();
-      run.prefill(kv, id, 0, prompts[i], logits);
-      fig.round_seconds.push_back(seconds_since(t0));
-      kv.seq_free(id);
+      // The same prefill untimed first, so the timed one runs in the steady state (see
+      // warmup_steps), then timed.
+      for (int run_i = 0; run_i < 2; ++run_i) {
+        auto id = next_id++;
+        kv.seq_add(id);
+        kv.seq_reserve(id, fig.n);
+        auto t0 = clock_type::now();
+        run.prefill(kv, id, 0, prompts[i], logits);
+        if (run_i == 1 || o.warmup_steps == 0) fig.round_seconds.push_back(seconds_since(t0));
+        kv.seq_free(id);
+        if (o.warmup_steps == 0) break;
+      }
     }
 
     for (auto& fig : res.decode) {
@@ -193,12 +208,13 @@ engine_bench_result run_engine_bench(const engine_bench_options& o) {
       for (int i = 0; i < b; ++i) {
         auto id = next_id++;
         kv.seq_add(id);
-        kv.seq_reserve(id, ctx + o.decode_steps);
-        run.prefill(kv, id, 0, random_tokens(ctx), logits);
-        items.push_back({id, any_token(rng), ctx});
+        kv.seq_reserve(id, timed_from + o.decode_steps);
+        run.prefill(kv, id, 0, random_tokens(prompt), logits);
+        items.push_back({id, any_token(rng), prompt});
       }
       auto t0 = clock_type::now();
-      for (int s = 0; s < o.decode_steps; ++s) {
+      for (int s = 0; s < o.warmup_steps + o.decode_steps; ++s) {
+        if (s == o.warmup_steps) t0 = clock_type::now();
         run.decode_batch(kv, items, logits);
         for (std::size_t i = 0; i < items.size(); ++i) {
           // greedy next token keeps the work realistic; positions advance together
@@ -214,13 +230,14 @@ engine_bench_result run_engine_bench(const engine_bench_options& o) {
     }
   }
   for (auto& fig : res.prefill) fig.tokens = fig.n;
-  // Step s (0-based) attends ctx + s + 1 positions: on average ctx + (steps + 1) / 2.
+  // Timed step s (0-based) attends timed_from + s + 1 positions: on average
+  // timed_from + (steps + 1) / 2.
   const auto kv_row_bytes =
       static_cast<double>(engine::row_bytes(o.kv_type, static_cast<std::size_t>(c.kv_dim())));
   for (auto& fig : res.decode) {
     fig.tokens = static_cast<double>(fig.n) * o.decode_steps;
     fig.kv_bytes_per_step =
-        fig.n * c.n_layers * 2 * kv_row_bytes * (ctx + (o.decode_steps + 1) / 2.0);
+        fig.n * c.n_layers * 2 * kv_row_bytes * (timed_from + (o.decode_steps + 1) / 2.0);
   }
   res.model_file_bytes = static_cast<std::size_t>(std::filesystem::file_size(o.model));
   res.resident_bytes = resident_bytes();

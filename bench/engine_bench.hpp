@@ -25,13 +25,26 @@ struct engine_bench_options {
   std::vector<int> prefill_tokens = {128, 512}; ///< prompt lengths (clamped to the context)
   std::vector<int> decode_batches = {1, 8, 32}; ///< concurrent sequences
   int decode_steps = 16;                        ///< timed decode steps per batch size
+  /// Untimed decode steps before the timed ones, and an untimed run of each prefill before
+  /// the timed one, so that a figure is the steady state a server runs in (the weights read
+  /// step after step), as the read baseline is (the same bytes read over and over, best of 25
+  /// passes). The VM's caches hold part of a model read over and over, and a decode warms up
+  /// into that over tens of steps: stories110M q8_0 on the Xeon VM of 2026-11-29, a scratch
+  /// program timing each step after a 64-token prompt, 6.5 ms for the first step and 3.6-3.9
+  /// from the 25th on (2 threads; 1 thread 12.1 -> 9.3-9.6 ms). Without them the benchmark
+  /// timed the first 16 steps after a 512-token prefill and the read baseline, which had
+  /// pushed the weights out: 210 tok/s with 2 threads (53% of the roofline) where the later
+  /// steps run at 345-374. 0: no warm-up (the figures before 2026-11-29's fifth session).
+  int warmup_steps = 32;
   /// Each prefill and decode figure, and the read bandwidth, is measured this many times, in
   /// rounds (every figure once per round); the best round is reported (the mean next to it),
   /// as the arithmetic baselines report their best pass: on a shared VM one round can lose half
   /// its speed to a neighbour. The ratios are also given per round, between figures measured
   /// seconds apart.
   int rounds = 3;
-  int context_tokens = 64; ///< prompt each decoding sequence starts from
+  /// Position each decoding sequence's timed steps start from: its prompt is this many
+  /// tokens less the warm-up steps (at least 1).
+  int context_tokens = 64;
   engine::dtype kv_type = engine::dtype::f32;
   /// Working set of the read baseline; 0: the bytes one decode step reads (the weights), so
   /// that the roofline holds for the memory those bytes come from. A fixed 256 MiB measured
