@@ -124,6 +124,7 @@ engine_bench_result run_engine_bench(const engine_bench_options& o) {
   res.simd = std::string(engine::kernels::simd_level());
   res.threads = o.threads;
   res.rounds = rounds;
+  res.warmup_steps = o.warmup_steps;
   res.weight_bytes_per_token = w.decode_bytes_per_token();
   res.read_bytes = o.bandwidth_bytes != 0 ? o.bandwidth_bytes : res.weight_bytes_per_token;
   report("measuring FMA peak");
@@ -300,6 +301,13 @@ std::string format_engine_bench(const engine_bench_result& r) {
                    "shown, (mean ...) over all of them; a ratio is best against best, then its "
                    "range over the rounds (both figures from the same round)",
                    r.rounds));
+  line(r.warmup_steps > 0
+           ? fmt::format("warm-up          {} untimed decode steps before each decode figure, one "
+                         "untimed run before each prefill (the steady state, as the read "
+                         "baseline's)",
+                         r.warmup_steps)
+           : std::string("warm-up          none (--warmup-steps 0): each figure's first run is "
+                         "timed, after the other figures have pushed the weights out of cache"));
   // "x single-seq" of figure f: best against best, then per round.
   auto times_single = [&](const engine_bench_figure& f, const char* target) -> std::string {
     return fmt::format(

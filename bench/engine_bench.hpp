@@ -77,6 +77,7 @@ struct engine_bench_result {
   std::string simd;         ///< matmul kernel in use
   int threads = 0;
   int rounds = 1;                         ///< timings per prefill / decode figure
+  int warmup_steps = 0;                   ///< untimed decode steps before the timed ones
   std::size_t weight_bytes_per_token = 0; ///< bytes one decode step reads (model_weights)
   double matmul_flop_per_token = 0.0;     ///< 2 x the weights of every matmul
   double classifier_flop = 0.0;           ///< the classifier's share of that
