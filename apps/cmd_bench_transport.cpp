@@ -18,7 +18,8 @@ void setup_bench_transport(CLI::App& app) {
       "transport", "KV segment throughput and latency per transport backend vs memcpy and raw zmq");
   cmd->add_option("--backends", opts->backends,
                   "Backends to measure; fabric+shm/tagged, fabric+tcp/tagged force fabric's "
-                  "tagged-message payload path (/rma: RMA writes only)")
+                  "tagged-message payload path (/rma: RMA writes only); fabric+udp (slow, a "
+                  "stand-in for a network provider in tests) on request")
       ->capture_default_str();
   cmd->add_option("--sizes", opts->sizes, "Segment sizes in bytes")->capture_default_str();
   cmd->add_option("--mib", opts->mib_per_point, "MiB streamed per backend, size and round")

@@ -226,6 +226,7 @@ std::string bind_address(const std::string& backend) {
   if (backend == "zmq+tcp") return "zmq+tcp://127.0.0.1:0";
   if (backend == "zmq+ipc") return "zmq+ipc:///tmp/duet-bench-" + std::to_string(getpid());
   if (backend == "fabric+tcp") return "fabric+tcp://127.0.0.1:0";
+  if (backend == "fabric+udp") return "fabric+udp://127.0.0.1:0";
   return backend + "://";
 }
 

@@ -35,7 +35,7 @@ result<address> address::parse(std::string_view text) {
   auto plus = scheme.find('+');
   if (plus == std::string_view::npos)
     return bad(text, "unknown scheme '" + std::string(scheme) +
-                         "' (inproc, zmq+tcp, zmq+ipc, fabric+shm|tcp|verbs|efa)");
+                         "' (inproc, zmq+tcp, zmq+ipc, fabric+shm|tcp|udp|verbs|efa)");
   std::string_view family = scheme.substr(0, plus);
   a.flavor = std::string(scheme.substr(plus + 1));
   if (family == "zmq") {
@@ -50,8 +50,9 @@ result<address> address::parse(std::string_view text) {
   }
   if (family == "fabric") {
     a.backend = backend_kind::fabric;
-    if (a.flavor != "shm" && a.flavor != "tcp" && a.flavor != "verbs" && a.flavor != "efa")
-      return bad(text, "fabric providers: shm, tcp, verbs, efa; not '" + a.flavor + "'");
+    if (a.flavor != "shm" && a.flavor != "tcp" && a.flavor != "udp" && a.flavor != "verbs" &&
+        a.flavor != "efa")
+      return bad(text, "fabric providers: shm, tcp, udp, verbs, efa; not '" + a.flavor + "'");
     auto q = rest.find('?');
     a.location = std::string(rest.substr(0, q));
     if (q != std::string_view::npos) {

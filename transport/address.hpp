@@ -9,6 +9,8 @@
 //   zmq+ipc://<path>                ZeroMQ over a Unix socket, e.g. zmq+ipc:///tmp/duet-kv-0
 //   fabric+<provider>://[<node>[:<service>]][?name=<hex>]
 //                                   libfabric RDM endpoint; provider is shm, tcp (= tcp;ofi_rxm),
+//                                   udp (= udp;ofi_rxd: reliable datagrams in software, slow; the
+//                                   network path where no RDMA NIC exists, for tests),
 //                                   verbs (= verbs;ofi_rxm) or efa. <node> pins the interface
 //                                   (tcp: 127.0.0.1, a NIC's address); the listener reports its
 //                                   endpoint name as ?name=<hex of fi_getname> and a sender

@@ -1,4 +1,5 @@
-// fabric+<provider>:// — libfabric RDM endpoints (shm, tcp;ofi_rxm, verbs;ofi_rxm, efa).
+// fabric+<provider>:// — libfabric RDM endpoints (shm, tcp;ofi_rxm, udp;ofi_rxd, verbs;ofi_rxm,
+// efa).
 //
 // Protocol (control frames are Cap'n Proto TransportFrames sent with fi_tinject, tag 1):
 //   sender -> receiver  hello {streamId, endpointName}
@@ -66,7 +67,11 @@
 // sender leaves the receiver's recv() with timeout (its posted receives are cancelled when the
 // receiver closes), a dead receiver leaves the sender without credit: send() times out.
 // verbs and efa are compiled into Debian's libfabric but find no device on this machine:
-// opening them returns backend_unavailable naming the provider.
+// opening them returns backend_unavailable naming the provider. udp (udp;ofi_rxd: libfabric's
+// reliable-datagram layer over UDP sockets, RMA with 8 bytes of remote CQ data, completions
+// unordered) stands in for them in the tests: a network provider that is neither tcp's
+// stream nor shm's shared memory, as efa's RDM runs over datagrams. It is slow (0.1-0.2 GB/s
+// here) and is no substitute for a run on the hardware.
 
 #include "transport/arrival_checker.hpp"
 #include "transport/backends.hpp"
@@ -112,6 +117,7 @@ std::string fi_error(int rc) {
 const char* provider_name(const std::string& flavor) {
   if (flavor == "tcp") return "tcp;ofi_rxm";
   if (flavor == "verbs") return "verbs;ofi_rxm";
+  if (flavor == "udp") return "udp;ofi_rxd";
   return flavor.c_str() == nullptr ? "" : (flavor == "shm" ? "shm" : "efa");
 }
 

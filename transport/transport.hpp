@@ -2,7 +2,7 @@
 
 // One interface for moving KV segments (header + payload bytes) from a prefill node to a decode
 // node, with three backends behind it: inproc (same process, no copy), zmq (tcp, ipc) and
-// fabric (libfabric RDM: shm, tcp, verbs, efa; RMA writes into receiver memory, or tagged
+// fabric (libfabric RDM: shm, tcp, udp, verbs, efa; RMA writes into receiver memory, or tagged
 // sends into posted receives where the provider has no RMA: options::fabric_payload).
 //
 // The receiver binds first and reports its concrete address; the control plane carries that
@@ -64,7 +64,7 @@ struct options {
   /// Receiver (fabric): senders' streams held at once, so at most this many windows. A hello
   /// beyond it is refused: that sender's first send fails with oversized and says why.
   std::size_t streams_max = 64;
-  /// Receiver (fabric over tcp, verbs, efa): a stream whose sender has said nothing for this
+  /// Receiver (fabric over tcp, udp, verbs, efa): a stream whose sender has said nothing for this
   /// long is ended as dead (a killed process says no goodbye) and its window freed; a live
   /// sender that has nothing to send says it lives every quarter of it (Credit.keepaliveMs).
   /// shm ends a dead sender's stream by its pid instead. 0: never.

@@ -7,9 +7,10 @@ using namespace duet;
 using namespace duet::transport;
 
 TEST_CASE("every documented address form parses and prints back the same") {
-  for (const char* text : {"inproc://kv", "zmq+tcp://127.0.0.1:5555", "zmq+ipc:///tmp/duet-x",
-                           "fabric+shm://", "fabric+tcp://127.0.0.1:0", "fabric+verbs://",
-                           "fabric+efa://", "fabric+tcp://127.0.0.1:0?name=00ff10"}) {
+  for (const char* text :
+       {"inproc://kv", "zmq+tcp://127.0.0.1:5555", "zmq+ipc:///tmp/duet-x", "fabric+shm://",
+        "fabric+tcp://127.0.0.1:0", "fabric+udp://127.0.0.1:0", "fabric+verbs://", "fabric+efa://",
+        "fabric+tcp://127.0.0.1:0?name=00ff10"}) {
     auto a = address::parse(text);
     INFO(text);
     REQUIRE(a.ok());

@@ -26,8 +26,10 @@ std::vector<test::endpoint_case> local_addresses(const std::string& tag) {
           {"zmq+ipc:///tmp/duet-test-" + tag + "-" + std::to_string(getpid())},
           {"fabric+shm://"},
           {"fabric+tcp://127.0.0.1:0"},
+          {"fabric+udp://127.0.0.1:0"},
           {"fabric+shm://", true},
-          {"fabric+tcp://127.0.0.1:0", true}};
+          {"fabric+tcp://127.0.0.1:0", true},
+          {"fabric+udp://127.0.0.1:0", true}};
 }
 
 } // namespace

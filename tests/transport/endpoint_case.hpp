@@ -1,7 +1,7 @@
 #pragma once
 
 // A transport test's endpoint: a bind address plus how the fabric backend moves payloads.
-// Every provider on this machine (shm, tcp) offers RMA, so the tagged-message path that
+// Every provider on this machine (shm, tcp, udp) offers RMA, so the tagged-message path that
 // providers without RMA take is forced here through options::fabric_payload = tagged; tests
 // run it next to the default (automatic = RMA here) with the same expectations.
 

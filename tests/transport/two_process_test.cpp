@@ -16,9 +16,14 @@ using namespace std::chrono_literals;
 namespace {
 
 std::vector<test::endpoint_case> remote_addresses() {
-  return {{"zmq+tcp://127.0.0.1:0"}, {"zmq+ipc:///tmp/duet-test-2p-" + std::to_string(getpid())},
-          {"fabric+shm://"},         {"fabric+tcp://127.0.0.1:0"},
-          {"fabric+shm://", true},   {"fabric+tcp://127.0.0.1:0", true}};
+  return {{"zmq+tcp://127.0.0.1:0"},
+          {"zmq+ipc:///tmp/duet-test-2p-" + std::to_string(getpid())},
+          {"fabric+shm://"},
+          {"fabric+tcp://127.0.0.1:0"},
+          {"fabric+udp://127.0.0.1:0"},
+          {"fabric+shm://", true},
+          {"fabric+tcp://127.0.0.1:0", true},
+          {"fabric+udp://127.0.0.1:0", true}};
 }
 
 /// Removes, at the end of a test, the socket file of a zmq+ipc receiver that the test kills: a
@@ -138,11 +143,14 @@ TEST_CASE("a fabric+shm receiver frees the stream of a sender whose process died
   wait_until_no_streams(**rx); // its pid is checked at most every 500 ms
 }
 
-TEST_CASE("a fabric+tcp receiver keeps an idle live sender's stream and ends a silent dead one's") {
-  // Over tcp (and verbs, efa) nothing tells the receiver that the sender's process is gone:
-  // a live sender says so every quarter of stream_silence_ms while idle; a dead one falls
-  // silent and its stream, with its window, is freed.
-  auto rx = listen("fabric+tcp://127.0.0.1:0", small_fabric(1000));
+TEST_CASE("a fabric receiver over tcp or udp keeps an idle live sender's stream and ends a "
+          "silent dead one's") {
+  // Over tcp and udp (and verbs, efa) nothing tells the receiver that the sender's process is
+  // gone: a live sender says so every quarter of stream_silence_ms while idle; a dead one
+  // falls silent and its stream, with its window, is freed.
+  const std::string at = GENERATE("fabric+tcp://127.0.0.1:0", "fabric+udp://127.0.0.1:0");
+  INFO(at);
+  auto rx = listen(at, small_fabric(1000));
   REQUIRE(rx.ok());
   test::peer_process peer({"linger", (*rx)->address(), "6", "65536"});
   receive_first(**rx, peer, 6);
@@ -153,12 +161,15 @@ TEST_CASE("a fabric+tcp receiver keeps an idle live sender's stream and ends a s
   wait_until_no_streams(**rx);
 }
 
-TEST_CASE("a fabric+tcp sender stalled past the silence bound fails its next send cleanly") {
+TEST_CASE("a fabric sender over tcp or udp stalled past the silence bound fails its next send "
+          "cleanly") {
   // Its stream was ended as dead and its window's registration closed: the write it makes on
   // waking must fail at the sender, and nothing of it may arrive. Its first segment is released
   // (receive_first), so the window's memory goes with the stream: a late write must not land
   // in it.
-  auto rx = listen("fabric+tcp://127.0.0.1:0", small_fabric(1000));
+  const std::string at = GENERATE("fabric+tcp://127.0.0.1:0", "fabric+udp://127.0.0.1:0");
+  INFO(at);
+  auto rx = listen(at, small_fabric(1000));
   REQUIRE(rx.ok());
   test::peer_process peer({"stall", (*rx)->address(), "7", "65536"});
   receive_first(**rx, peer, 7);
