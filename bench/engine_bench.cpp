@@ -188,17 +188,17 @@ engine_bench_result run_engine_bench(const engine_bench_options& o) {
     for (std::size_t i = 0; i < res.prefill.size(); ++i) {
       auto& fig = res.prefill[i];
       report(fmt::format("prefill {} tokens{}", fig.n, of));
-      // The same prefill untimed first, so the timed one runs in the steady state (see
-      // warmup_steps), then timed.
-      for (int run_i = 0; run_i < 2; ++run_i) {
+      // With a warm-up, the same prefill runs untimed first, so that the timed run is in the
+      // steady state (see warmup_steps).
+      const int runs = o.warmup_steps > 0 ? 2 : 1;
+      for (int run_i = 0; run_i < runs; ++run_i) {
         auto id = next_id++;
         kv.seq_add(id);
         kv.seq_reserve(id, fig.n);
         auto t0 = clock_type::now();
         run.prefill(kv, id, 0, prompts[i], logits);
-        if (run_i == 1 || o.warmup_steps == 0) fig.round_seconds.push_back(seconds_since(t0));
+        if (run_i == runs - 1) fig.round_seconds.push_back(seconds_since(t0));
         kv.seq_free(id);
-        if (o.warmup_steps == 0) break;
       }
     }
 
@@ -328,7 +328,7 @@ std::string format_engine_bench(const engine_bench_result& r) {
   for (const auto& d : r.decode) {
     std::string extra;
     // A batch of n reads the weights once per step, and each sequence's K and V: its ceiling
-    // is the smaller of that memory bound and the compute ceiling. Until 2026-11-29 (third
+    // is the smaller of that memory bound and the compute ceiling. Until 2026-11-29 (fifth
     // session) the memory bound was n x the roofline, which leaves the K and V out.
     if (d.n == 1 && roof > 0)
       extra = fmt::format("   {:.0f}% of roofline (target >= 80%; per round {}%)",
