@@ -21,15 +21,12 @@ namespace {
 /// A bind address per backend that this machine runs (fabric providers are added where the
 /// fabric backend can open them), fabric once more with tagged payloads.
 std::vector<test::endpoint_case> local_addresses(const std::string& tag) {
-  return {{"inproc://" + tag},
-          {"zmq+tcp://127.0.0.1:0"},
-          {"zmq+ipc:///tmp/duet-test-" + tag + "-" + std::to_string(getpid())},
-          {"fabric+shm://"},
-          {"fabric+tcp://127.0.0.1:0"},
-          {"fabric+udp://127.0.0.1:0"},
-          {"fabric+shm://", true},
-          {"fabric+tcp://127.0.0.1:0", true},
-          {"fabric+udp://127.0.0.1:0", true}};
+  std::vector<test::endpoint_case> cases{
+      {"inproc://" + tag},
+      {"zmq+tcp://127.0.0.1:0"},
+      {"zmq+ipc:///tmp/duet-test-" + tag + "-" + std::to_string(getpid())}};
+  for (auto& c : test::fabric_cases()) cases.push_back(c);
+  return cases;
 }
 
 } // namespace

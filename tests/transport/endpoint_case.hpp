@@ -46,4 +46,15 @@ struct endpoint_case {
   }
 };
 
+/// The fabric providers this machine runs (shm, tcp, and udp standing in for a network
+/// provider without RDMA hardware), each with its RMA path (automatic, here) and once more
+/// with payloads forced onto tagged messages.
+inline std::vector<endpoint_case> fabric_cases() {
+  std::vector<endpoint_case> cases;
+  for (bool tagged : {false, true})
+    for (const char* at : {"fabric+shm://", "fabric+tcp://127.0.0.1:0", "fabric+udp://127.0.0.1:0"})
+      cases.push_back({at, tagged});
+  return cases;
+}
+
 } // namespace duet::test

@@ -16,14 +16,10 @@ using namespace std::chrono_literals;
 namespace {
 
 std::vector<test::endpoint_case> remote_addresses() {
-  return {{"zmq+tcp://127.0.0.1:0"},
-          {"zmq+ipc:///tmp/duet-test-2p-" + std::to_string(getpid())},
-          {"fabric+shm://"},
-          {"fabric+tcp://127.0.0.1:0"},
-          {"fabric+udp://127.0.0.1:0"},
-          {"fabric+shm://", true},
-          {"fabric+tcp://127.0.0.1:0", true},
-          {"fabric+udp://127.0.0.1:0", true}};
+  std::vector<test::endpoint_case> cases{
+      {"zmq+tcp://127.0.0.1:0"}, {"zmq+ipc:///tmp/duet-test-2p-" + std::to_string(getpid())}};
+  for (auto& c : test::fabric_cases()) cases.push_back(c);
+  return cases;
 }
 
 /// Removes, at the end of a test, the socket file of a zmq+ipc receiver that the test kills: a
