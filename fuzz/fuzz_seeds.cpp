@@ -47,7 +47,12 @@ int main(int argc, char** argv) {
   write(frames, "envelope_remote", encode_frame(e));
   write(frames, "hello",
         encode_frame(stream_hello{1, 77, std::vector<std::byte>(16, std::byte{1})}));
+  write(frames, "hello_keepalive",
+        encode_frame(stream_hello{stream_protocol_version, 78, std::vector<std::byte>(16)}));
   write(frames, "credit", encode_frame(credit_grant{77, 1 << 20, 1 << 20, 1 << 16, 4096, 3}));
+  write(frames, "credit_keepalive",
+        encode_frame(credit_grant{78, 1 << 20, 1 << 20, 1 << 16, 4096, 3, 2500}));
+  write(frames, "alive", encode_frame(stream_alive{78}));
   write(frames, "error", encode_frame(error_info{3, "corrupt"}));
   write(frames, "bye", encode_frame(stream_bye{}));
   write(frames, "end", encode_frame(stream_bye{77}));
