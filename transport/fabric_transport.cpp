@@ -158,6 +158,7 @@ struct fabric_op {
   enum kind_t {
     ctrl_recv,    ///< a posted control receive (index says which buffer)
     payload_send, ///< an RMA write or a tagged payload send
+    ctrl_send,    ///< a control frame sent with a completion (fabric_endpoint::send_tracked)
     payload_recv, ///< tagged mode: a payload receive posted into the window
     discard_recv, ///< tagged mode: swallows the payload of an envelope that was rejected
   } kind = ctrl_recv;
@@ -374,6 +375,36 @@ public:
       ssize_t rc = fi_tinject(ep_, bytes.data(), bytes.size(), to, ctrl_tag);
       if (rc == 0) return {};
       if (rc != -FI_EAGAIN) return failed("fi_tinject", static_cast<int>(rc));
+      if (std::chrono::steady_clock::now() > deadline)
+        return fail(errc::timeout, "fabric+" + flavor_ + ": control send stalled");
+      drive();
+      wait.pause();
+    }
+  }
+
+  /// Whether control frames can go with a completion from unregistered memory: every provider
+  /// but shm, unless it wants local buffers registered (FI_MR_LOCAL). An injected frame has no
+  /// completion, and some providers still need this side's progress after fi_tinject returns
+  /// to deliver it: udp;ofi_rxd retransmits a lost datagram from the initiator, tcp;ofi_rxm
+  /// queues a frame that finds the socket full. A sender that then goes idle, or exits after
+  /// flush(), could leave the frame undelivered (the likely cause of a CI failure of
+  /// 2026-11-29: over udp, a receiver waited until its timeout for the last segment of a sender
+  /// that had flushed and exited). shm places an inject in the peer's queue at once.
+  bool tracks_frames() const {
+    return flavor_ != "shm" && (info_->domain_attr->mr_mode & FI_MR_LOCAL) == 0;
+  }
+
+  /// Sends a control frame with a completion on `op` (tracks_frames providers): `bytes` and
+  /// `op` must stay alive until op.done, which says the provider is done with the frame
+  /// (udp;ofi_rxd: acknowledged by the peer). Drives progress while the queue is full.
+  result<void> send_tracked(fi_addr_t to, std::span<const std::byte> bytes, fabric_op& op,
+                            std::chrono::steady_clock::time_point deadline) {
+    op.kind = fabric_op::ctrl_send;
+    backoff wait;
+    for (;;) {
+      ssize_t rc = fi_tsend(ep_, bytes.data(), bytes.size(), nullptr, to, ctrl_tag, &op.ctx);
+      if (rc == 0) return {};
+      if (rc != -FI_EAGAIN) return failed("fi_tsend", static_cast<int>(rc));
       if (std::chrono::steady_clock::now() > deadline)
         return fail(errc::timeout, "fabric+" + flavor_ + ": control send stalled");
       drive();
@@ -1197,6 +1228,15 @@ struct fabric_write {
   std::vector<std::byte> envelope;
   /// The envelope goes out when the write completes (placed_on_completion providers).
   bool envelope_pending = false;
+  /// The envelope went with a completion (fabric_endpoint::tracks_frames): the provider holds
+  /// envelope_op's context and the envelope's bytes until it completes.
+  fabric_op envelope_op;
+  bool envelope_posted = false;
+
+  /// Every operation posted for this segment has completed.
+  bool done() const { return (!posted || op.done) && (!envelope_posted || envelope_op.done); }
+  /// The first error of its operations (0: none).
+  int err() const { return op.err != 0 ? op.err : envelope_op.err; }
 };
 
 class fabric_sender final : public sender {
@@ -1211,12 +1251,12 @@ public:
     }
     wake_.notify_all();
     if (progress_.joinable()) progress_.join();
-    if (peer_ != FI_ADDR_UNSPEC)
-      (void)ep_.send_ctrl(peer_, messages::stream_bye{stream_id_},
-                          std::chrono::steady_clock::now() + std::chrono::milliseconds(100));
+    auto bye = std::make_shared<fabric_write>(); // its envelope is the goodbye
+    if (peer_ != FI_ADDR_UNSPEC) say_goodbye(*bye);
     // The endpoint, the payload registrations, and the writes still in flight (their contexts
     // and payloads): closed now, or once the receiver, when it is of this process, lets go.
     auto remains = std::make_unique<fabric_remains>(std::move(ep_));
+    remains->memory.push_back(bye);
     for (auto& c : mr_cache_) {
       remains->mrs.push_back(c.mr);
       remains->memory.push_back(c.owner);
@@ -1324,7 +1364,7 @@ public:
       w->envelope = messages::encode_frame(e);
       auto posted = tagged_ ? post_tagged(*w, data, n, *desc, sequence, deadline)
                             : post_write(*w, data, n, *desc, offset, sequence, deadline);
-      if (w->posted) writes_.push_back(std::move(w));
+      if (w->posted || w->envelope_posted) writes_.push_back(std::move(w)); // contexts held
       if (!posted) return posted;
     }
     sequence_ = sequence + 1;
@@ -1470,7 +1510,31 @@ private:
       w.envelope_pending = true; // pump_once sends it once the write completes, in order
       return {};
     }
-    return ep_.send_bytes(peer_, w.envelope, deadline);
+    return send_envelope(w, deadline);
+  }
+
+  /// w's envelope: with a completion where the endpoint tracks frames (w is then done once
+  /// both have completed, so flush() and the progress thread wait for the envelope too), else
+  /// injected.
+  result<void> send_envelope(fabric_write& w, std::chrono::steady_clock::time_point deadline) {
+    if (!ep_.tracks_frames()) return ep_.send_bytes(peer_, w.envelope, deadline);
+    if (auto r = ep_.send_tracked(peer_, w.envelope, w.envelope_op, deadline); !r) return r;
+    w.envelope_posted = true;
+    return {};
+  }
+
+  /// The stream's goodbye, from the destructor: where frames are tracked, waits up to 100 ms
+  /// for the provider to be done with it (a lost goodbye leaves the receiver to end the stream
+  /// after its silence bound). `bye` outlives the endpoint (the destructor keeps it).
+  void say_goodbye(fabric_write& bye) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
+    bye.envelope = messages::encode_frame(messages::stream_bye{stream_id_});
+    if (!send_envelope(bye, deadline) || !bye.envelope_posted) return;
+    backoff wait;
+    while (!bye.envelope_op.done && std::chrono::steady_clock::now() < deadline) {
+      if (auto n = ep_.poll([](std::span<const std::byte>) {}); !n) return;
+      wait.pause();
+    }
   }
 
   /// Tagged mode: the envelope first (the receiver takes the region and posts a receive on
@@ -1479,7 +1543,7 @@ private:
   /// into its bounce buffers, large ones by rendezvous: the data moves once matched).
   result<void> post_tagged(fabric_write& w, std::byte* data, std::size_t n, void* desc,
                            std::uint64_t sequence, std::chrono::steady_clock::time_point deadline) {
-    if (auto r = ep_.send_bytes(peer_, w.envelope, deadline); !r) return r;
+    if (auto r = send_envelope(w, deadline); !r) return r;
     backoff wait;
     for (;;) {
       ssize_t rc =
@@ -1580,12 +1644,14 @@ private:
       }
     });
     if (!n) return n.err();
-    while (!writes_.empty() && writes_.front()->op.done) {
+    while (!writes_.empty() && writes_.front()->done()) {
       auto& w = *writes_.front();
-      if (w.op.err != 0)
-        return fail(errc::peer_dead,
-                    name_ + (tagged_ ? ": payload send failed: " : ": RMA write failed: ") +
-                        fi_error(w.op.err));
+      if (w.err() != 0)
+        return fail(errc::peer_dead, name_ +
+                                         (w.op.err == 0 ? ": envelope send failed: "
+                                          : tagged_     ? ": payload send failed: "
+                                                        : ": RMA write failed: ") +
+                                         fi_error(w.err()));
       if (w.envelope_pending) { // in order: a later write's envelope never overtakes this one
         auto sent = ep_.try_send_bytes(peer_, w.envelope);
         if (!sent) return sent.err();

@@ -88,7 +88,7 @@ TEST_CASE("segments of 1 KiB to 64 MiB cross to another process byte-identical")
   REQUIRE(peer.started());
   for (std::size_t i = 0; i < sizes.size(); ++i) {
     auto seg = (*rx)->recv(30s);
-    INFO("segment " << i);
+    INFO("segment " << i << ": " << (seg.ok() ? "arrived" : seg.err().to_string()));
     REQUIRE(seg.ok());
     CHECK(seg->header.layer == i);
     REQUIRE(seg->payload.size() == sizes[i]);
