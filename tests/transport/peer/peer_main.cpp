@@ -1,6 +1,9 @@
 // transport_peer: the other OS process of the two-process transport tests.
 //   transport_peer send <address> <seed> <bytes>...   connect, send one pattern segment per
 //                                                     size (layer = its index), flush, exit 0
+//   transport_peer send-exit <address> <seed> <bytes>...  the same, then _exit(0) at once
+//                                                     after flush: no goodbye, no destructor,
+//                                                     no grace period
 //   transport_peer linger <address> <seed> <bytes>    send one pattern segment, flush, print
 //                                                     "sent", then wait to be killed (no
 //                                                     goodbye: a crashed sender)
@@ -37,7 +40,7 @@ int main(int argc, char** argv) {
   }
   if (argc < 4) return 2;
   std::string mode = argv[1];
-  if (mode == "send") {
+  if (mode == "send" || mode == "send-exit") {
     std::uint64_t seed = std::strtoull(argv[3], nullptr, 10);
     auto tx = transport::connect(argv[2], base);
     if (!tx) {
@@ -57,6 +60,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "flush: %s\n", ok.err().to_string().c_str());
       return 3;
     }
+    if (mode == "send-exit") std::_Exit(0);
     // Give the receiver time to take the last bytes before the socket closes.
     std::this_thread::sleep_for(300ms);
     return 0;
