@@ -150,8 +150,10 @@ public:
   /// finish a transfer).
   virtual result<void> send(segment seg, milliseconds timeout) = 0;
 
-  /// Waits until every segment sent so far has left this process (fabric: write or send done,
-  /// envelope sent; zmq: handed to the socket; inproc: queued). Errors as for send().
+  /// Waits until every segment sent so far has left this process for good, so that the
+  /// process may exit at once (fabric: the write or send and its envelope done, on
+  /// udp;ofi_rxd acknowledged by the receiver's provider; zmq: written to the socket;
+  /// inproc: queued). Errors as for send().
   virtual result<void> flush(milliseconds timeout) = 0;
 
   /// Payload bytes sent and not yet released by the receiver (<= the receiver's window).
