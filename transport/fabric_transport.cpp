@@ -1,7 +1,9 @@
 // fabric+<provider>:// — libfabric RDM endpoints (shm, tcp;ofi_rxm, udp;ofi_rxd, verbs;ofi_rxm,
 // efa).
 //
-// Protocol (control frames are Cap'n Proto TransportFrames sent with fi_tinject, tag 1):
+// Protocol (control frames are Cap'n Proto TransportFrames on tag 1, sent with fi_tinject; a
+// segment's envelope and the goodbye with fi_tsend and a completion except on shm, see
+// fabric_endpoint::tracks_frames):
 //   sender -> receiver  hello {streamId, endpointName}
 //   receiver -> sender  credit {window bytes, RMA address + key of a window registered for
 //                       this sender}; later credits return released bytes
@@ -32,12 +34,13 @@
 // bytes}: both sides skip the tail without charging it, then the segment goes at offset 0. Payload
 // copies: the RMA write itself (by the NIC, CMA or the shm provider's bounce buffers), none by us
 // on either side. Pipelining: send() returns once the write and its envelope are posted; the
-// payload's owner is held until the write's local completion is reaped (by later send()/flush()
-// calls, or by the sender's progress thread while the user is idle: tcp;ofi_rxm and shm SAR need
-// the initiator's progress). Up to 64 writes (and the receiver's window in bytes) may be in flight;
-// flush() waits for all. Measured (duet bench transport, 1 MiB, same run, loaded 2-core machine):
-// shm 1.37-1.48 -> 3.5-3.8 GB/s, tcp 0.37 -> 0.42-0.54 GB/s. FI_SHM_DISABLE_CMA=1 (SAR) measured
-// slower here with pipelining (1.27-1.36 GB/s), so it is not forced.
+// payload's owner is held until the write's local completion (and the envelope's, where it has
+// one) is reaped (by later send()/flush() calls, or by the sender's progress thread while the
+// user is idle: tcp;ofi_rxm, udp;ofi_rxd and shm SAR need the initiator's progress). Up to 64
+// writes (and the receiver's window in bytes) may be in flight; flush() waits for all. Measured
+// (duet bench transport, 1 MiB, same run, loaded 2-core machine): shm 1.37-1.48 -> 3.5-3.8 GB/s,
+// tcp 0.37 -> 0.42-0.54 GB/s. FI_SHM_DISABLE_CMA=1 (SAR) measured slower here with pipelining
+// (1.27-1.36 GB/s), so it is not forced.
 //
 // Tagged mode (providers without FI_RMA or with < 8 bytes of remote CQ data, or forced by
 // options::fabric_payload = tagged; see transport.hpp): the endpoint opens without FI_RMA
