@@ -832,6 +832,9 @@ private:
           continue;
         grant = std::exchange(st.ring->grant_pending, 0);
       }
+      // shm: not into the region of a sender whose process has gone (a sender killed inside
+      // its progress leaves its region's lock taken: see fabric_sender::check_receiver).
+      if (st.peer_pid > 0 && !process_running(st.peer_pid)) continue;
       if (auto r = ep_.send_ctrl(st.peer, messages::credit_grant{id, grant, 0, 0, 0, 0}, deadline);
           !r)
         return r;
@@ -1255,7 +1258,7 @@ public:
     wake_.notify_all();
     if (progress_.joinable()) progress_.join();
     auto bye = std::make_shared<fabric_write>(); // its envelope is the goodbye
-    if (peer_ != FI_ADDR_UNSPEC) say_goodbye(*bye);
+    if (peer_ != FI_ADDR_UNSPEC && check_receiver()) say_goodbye(*bye);
     // The endpoint, the payload registrations, and the writes still in flight (their contexts
     // and payloads): closed now, or once the receiver, when it is of this process, lets go.
     auto remains = std::make_unique<fabric_remains>(std::move(ep_));
@@ -1276,9 +1279,12 @@ public:
     transport::address local = to;
     local.fabric_name_hex.clear();
     if (auto r = ep_.open(local, opts_.fabric_payload); !r) return r;
-    auto peer = ep_.insert(from_hex(to.fabric_name_hex));
+    const auto peer_name = from_hex(to.fabric_name_hex);
+    auto peer = ep_.insert(peer_name);
     if (!peer) return peer.err();
     peer_ = *peer;
+    peer_pid_ = shm_endpoint_pid(peer_name);
+    if (peer_pid_ == ::getpid()) peer_pid_ = 0; // this process: alive while it runs this
     name_ = to.to_string();
     stream_id_ = std::random_device{}() | std::uint64_t{std::random_device{}()} << 32;
     // The hello goes out from pump(): a provider may need the receiver's progress before the
@@ -1294,6 +1300,7 @@ public:
     auto deadline = std::chrono::steady_clock::now() + timeout;
     call_guard call(*this);
     if (auto r = take_deferred(); !r) return r;
+    if (auto r = check_receiver(); !r) return r;
     // A receiver that asked for keepalives may have ended this stream after a silence (a
     // stall): read its control frames before posting, so the refusal comes now, not after one
     // more segment into a closed window. (Without keepalives nothing ends a live stream.)
@@ -1608,8 +1615,23 @@ private:
     return ep_.desc(mr);
   }
 
+  /// shm: nothing is sent to a receiver whose process has gone. libfabric 1.17's shm takes
+  /// the receiver region's spin lock for every operation addressed to it, and a receiver killed
+  /// while it held that lock (inside its own progress, which takes it too) leaves it taken for
+  /// good: the next operation spins forever. Seen once: "a receiver killed while holding credit
+  /// leaves the sender with a timeout" hung in the sender's goodbye (2026-11-29). A receiver
+  /// that dies between this check and the call can still leave it spinning; that window is
+  /// microseconds, against all the time after a death.
+  result<void> check_receiver() const {
+    if (peer_pid_ > 0 && !process_running(peer_pid_))
+      return fail(errc::peer_dead,
+                  name_ + ": the receiver's process " + std::to_string(peer_pid_) + " has exited");
+    return {};
+  }
+
   result<void> try_hello() {
     if (hello_.empty()) return {};
+    if (auto r = check_receiver(); !r) return r;
     ssize_t rc = fi_tinject(ep_.ep(), hello_.data(), hello_.size(), peer_, ctrl_tag);
     if (rc == 0)
       hello_.clear();
@@ -1656,6 +1678,7 @@ private:
                                                         : ": RMA write failed: ") +
                                          fi_error(w.err()));
       if (w.envelope_pending) { // in order: a later write's envelope never overtakes this one
+        if (auto r = check_receiver(); !r) return r;
         auto sent = ep_.try_send_bytes(peer_, w.envelope);
         if (!sent) return sent.err();
         if (!*sent) break; // the provider's queue is full: the next pass sends it
@@ -1714,6 +1737,7 @@ private:
   fabric_endpoint ep_;
   std::string name_;
   fi_addr_t peer_ = FI_ADDR_UNSPEC;
+  pid_t peer_pid_ = 0; ///< shm: the receiver's process (0: unknown, or this one)
   std::uint64_t stream_id_ = 0;
   std::uint64_t sequence_ = 0;
   std::uint64_t window_ = 0, credit_ = 0, receiver_max_ = 0, head_ = 0;
