@@ -373,11 +373,20 @@ public:
 
   result<void> send_bytes(fi_addr_t to, std::span<const std::byte> bytes,
                           std::chrono::steady_clock::time_point deadline) {
+    return post_control("fi_tinject", deadline,
+                        [&] { return fi_tinject(ep_, bytes.data(), bytes.size(), to, ctrl_tag); });
+  }
+
+  /// Calls `post` (a control send) until the provider takes it, driving progress while its
+  /// queue is full (-FI_EAGAIN), until the deadline.
+  template <class Post>
+  result<void> post_control(const char* what, std::chrono::steady_clock::time_point deadline,
+                            Post&& post) {
     backoff wait;
     for (;;) {
-      ssize_t rc = fi_tinject(ep_, bytes.data(), bytes.size(), to, ctrl_tag);
+      ssize_t rc = post();
       if (rc == 0) return {};
-      if (rc != -FI_EAGAIN) return failed("fi_tinject", static_cast<int>(rc));
+      if (rc != -FI_EAGAIN) return failed(what, static_cast<int>(rc));
       if (std::chrono::steady_clock::now() > deadline)
         return fail(errc::timeout, "fabric+" + flavor_ + ": control send stalled");
       drive();
@@ -403,16 +412,9 @@ public:
   result<void> send_tracked(fi_addr_t to, std::span<const std::byte> bytes, fabric_op& op,
                             std::chrono::steady_clock::time_point deadline) {
     op.kind = fabric_op::ctrl_send;
-    backoff wait;
-    for (;;) {
-      ssize_t rc = fi_tsend(ep_, bytes.data(), bytes.size(), nullptr, to, ctrl_tag, &op.ctx);
-      if (rc == 0) return {};
-      if (rc != -FI_EAGAIN) return failed("fi_tsend", static_cast<int>(rc));
-      if (std::chrono::steady_clock::now() > deadline)
-        return fail(errc::timeout, "fabric+" + flavor_ + ": control send stalled");
-      drive();
-      wait.pause();
-    }
+    return post_control("fi_tsend", deadline, [&] {
+      return fi_tsend(ep_, bytes.data(), bytes.size(), nullptr, to, ctrl_tag, &op.ctx);
+    });
   }
 
   /// One attempt at a control send: false when the provider's queue is full (try later).
