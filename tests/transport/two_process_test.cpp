@@ -70,6 +70,26 @@ void wait_until_no_streams(receiver& rx) {
   CHECK(rx.stats().streams_open.load() == 0);
 }
 
+/// Starts the peer in `mode` ("send" or "send-exit"), which sends one pattern segment of each
+/// size (layer = its index) to rx, and checks that each arrives, in order and byte-identical,
+/// and that the peer then exits 0.
+void send_and_receive(const test::endpoint_case& c, receiver& rx, const std::string& mode,
+                      std::uint64_t seed, const std::vector<std::size_t>& sizes) {
+  std::vector<std::string> args{mode, rx.address(), std::to_string(seed)};
+  for (auto s : sizes) args.push_back(std::to_string(s));
+  test::peer_process peer(c.peer_args(args));
+  REQUIRE(peer.started());
+  for (std::size_t i = 0; i < sizes.size(); ++i) {
+    auto seg = rx.recv(30s);
+    INFO("segment " << i << ": " << (seg.ok() ? "arrived" : seg.err().to_string()));
+    REQUIRE(seg.ok());
+    CHECK(seg->header.layer == i);
+    REQUIRE(seg->payload.size() == sizes[i]);
+    CHECK(test::matches_pattern(seg->payload.bytes(), seed, i));
+  }
+  CHECK(peer.wait(30s) == 0);
+}
+
 } // namespace
 
 TEST_CASE("segments of 1 KiB to 64 MiB cross to another process byte-identical") {
@@ -82,19 +102,7 @@ TEST_CASE("segments of 1 KiB to 64 MiB cross to another process byte-identical")
   const std::uint64_t seed = std::random_device{}() % 100000;
   INFO("seed " << seed);
   const std::vector<std::size_t> sizes{1 << 10, 64 << 10, 1 << 20, 16 << 20, 64 << 20};
-  std::vector<std::string> args{"send", (*rx)->address(), std::to_string(seed)};
-  for (auto s : sizes) args.push_back(std::to_string(s));
-  test::peer_process peer(c.peer_args(args));
-  REQUIRE(peer.started());
-  for (std::size_t i = 0; i < sizes.size(); ++i) {
-    auto seg = (*rx)->recv(30s);
-    INFO("segment " << i << ": " << (seg.ok() ? "arrived" : seg.err().to_string()));
-    REQUIRE(seg.ok());
-    CHECK(seg->header.layer == i);
-    REQUIRE(seg->payload.size() == sizes[i]);
-    CHECK(test::matches_pattern(seg->payload.bytes(), seed, i));
-  }
-  CHECK(peer.wait(30s) == 0);
+  send_and_receive(c, **rx, "send", seed, sizes);
 }
 
 TEST_CASE("a sender that exits the moment flush() returns has delivered every segment") {
@@ -113,20 +121,8 @@ TEST_CASE("a sender that exits the moment flush() returns has delivered every se
     auto rx = listen(c.address, c.sized(1 << 20, 4 << 20));
     REQUIRE(rx.ok());
     const std::uint64_t seed = 1000 + static_cast<std::uint64_t>(round);
-    std::vector<std::string> args{"send-exit", (*rx)->address(), std::to_string(seed)};
-    for (auto s : sizes) args.push_back(std::to_string(s));
-    test::peer_process peer(c.peer_args(args));
-    REQUIRE(peer.started());
-    for (std::size_t i = 0; i < sizes.size(); ++i) {
-      auto seg = (*rx)->recv(30s);
-      INFO("round " << round << ", segment " << i << ": "
-                    << (seg.ok() ? "arrived" : seg.err().to_string()));
-      REQUIRE(seg.ok());
-      CHECK(seg->header.layer == i);
-      REQUIRE(seg->payload.size() == sizes[i]);
-      CHECK(test::matches_pattern(seg->payload.bytes(), seed, i));
-    }
-    CHECK(peer.wait(30s) == 0);
+    INFO("round " << round);
+    send_and_receive(c, **rx, "send-exit", seed, sizes);
   }
 }
 
