@@ -273,7 +273,7 @@ std::string format_engine_bench(const engine_bench_result& r) {
     return fmt::format(fmt::runtime(fmt_one), lo) + "-" + fmt::format(fmt::runtime(fmt_one), hi);
   };
   line(fmt::format("read bandwidth   {:.2f} GB/s, best round ({} per round; {} threads, reading "
-                   "{:.1f} MB over and over: a decode step's bytes, measured now)",
+                   "{:.1f} MB on huge pages over and over: a decode step's bytes, measured now)",
                    r.read_gbps(),
                    per_round([&](std::size_t i) { return r.read_gbps_rounds[i]; }, "{:.1f}"),
                    r.threads, static_cast<double>(r.read_bytes) / 1e6));

@@ -3,11 +3,8 @@
 #include "engine/error.hpp"
 
 #include <algorithm>
-#include <cerrno>
-#include <cstring>
 #include <limits>
 #include <string>
-#include <sys/mman.h>
 
 namespace duet::engine {
 
@@ -61,28 +58,15 @@ kv_cache::kv_cache(const kv_cache_config& config) : config_(config), bt_(config.
       static_cast<std::size_t>(c.layers()) * 2 * static_cast<std::size_t>(bt_) * row_bytes_;
   if (c.blocks_max > std::numeric_limits<std::size_t>::max() / 2 / block_bytes_)
     throw engine_error(engine_errc::out_of_capacity, "kv_cache: pool size overflows");
-  // Anonymous memory, untouched: pages are faulted in only when blocks are written. On
-  // transparent huge pages where the system allows them (THP "madvise" mode): a 4 KiB page
-  // fault costs ~13 us on this VM, and batched decode into fresh blocks spent 5% of its time
-  // faulting; 2 MiB pages also give attention's scattered block reads more TLB reach.
-  const std::size_t bytes = block_bytes_ * c.blocks_max;
-  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED)
-    throw engine_error(engine_errc::out_of_capacity,
-                       "kv_cache: cannot reserve " + std::to_string(bytes) +
-                           " bytes for the KV pool (" + std::strerror(errno) +
-                           "): lower blocks_max");
-  (void)::madvise(p, bytes, MADV_HUGEPAGE); // advice: without it, 4 KiB pages
-  pool_ = std::unique_ptr<std::byte[], detail::pool_unmap>(static_cast<std::byte*>(p),
-                                                           detail::pool_unmap{bytes});
+  // Pages are faulted in only when blocks are written; on huge pages (engine/huge_page_memory:
+  // batched decode into fresh 4 KiB pages spent 5% of its time faulting, and 2 MiB pages give
+  // attention's scattered block reads more TLB reach).
+  pool_ =
+      huge_page_memory(block_bytes_ * c.blocks_max, "the KV pool (kv_cache)", "lower blocks_max");
   free_blocks_.resize(c.blocks_max);
   // Stack of free blocks; lowest index on top so a fresh cache fills the pool front to back.
   for (std::size_t i = 0; i < c.blocks_max; ++i)
     free_blocks_[i] = static_cast<std::int32_t>(c.blocks_max - 1 - i);
-}
-
-void detail::pool_unmap::operator()(std::byte* p) const {
-  if (p != nullptr) ::munmap(p, bytes);
 }
 
 const kv_cache::seq_state& kv_cache::find(seq_id id) const {

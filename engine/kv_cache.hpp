@@ -15,6 +15,7 @@
 // Not thread-safe: one owner (a decode lane, a prefill shard) drives it.
 
 #include "engine/dtype.hpp"
+#include "engine/huge_page_memory.hpp"
 #include "engine/model_weights.hpp"
 
 #include <cstddef>
@@ -49,14 +50,6 @@ struct kv_cache_config {
   /// Blocks that hold `n_sequences` full-length (seq_len_max) sequences.
   std::size_t blocks_for(int n_sequences) const;
 };
-
-namespace detail {
-/// Unmaps a kv_cache pool (anonymous mmap of `bytes`).
-struct pool_unmap {
-  std::size_t bytes = 0;
-  void operator()(std::byte* p) const;
-};
-} // namespace detail
 
 class kv_cache {
 public:
@@ -136,14 +129,14 @@ private:
     auto block = static_cast<std::size_t>(table[static_cast<std::size_t>(pos / bt_)]);
     auto in_block =
         static_cast<std::size_t>(((layer - config_.first_layer) * 2 + kv) * bt_ + pos % bt_);
-    return pool_.get() + block * block_bytes_ + in_block * row_bytes_;
+    return pool_.data() + block * block_bytes_ + in_block * row_bytes_;
   }
 
   kv_cache_config config_;
   int bt_;
   std::size_t row_bytes_;
   std::size_t block_bytes_;
-  std::unique_ptr<std::byte[], detail::pool_unmap> pool_; ///< [blocks_max][block_bytes]
+  huge_page_memory pool_; ///< [blocks_max][block_bytes]
   std::vector<std::int32_t> free_blocks_;
   std::unordered_map<seq_id, seq_state> seqs_;
 };
