@@ -1,5 +1,6 @@
 // duet — the command line: serve, node, controller, generate, bench, chaos, convert, synth.
 #include "apps/command.hpp"
+#include "apps/malloc_policy.hpp"
 
 #include <cstdlib>
 #include <iostream>
@@ -19,6 +20,7 @@ std::string default_models_dir() {
 } // namespace duet::apps
 
 int main(int argc, char** argv) {
+  duet::apps::apply_malloc_policy();
   CLI::App app{"duet: an actor-model fabric for disaggregated LLM inference.\n"
                "Prefill and decode run as CAF actors on nodes of different hardware profiles;\n"
                "the KV cache moves between them over in-process, ZeroMQ or libfabric transports.\n"
