@@ -61,8 +61,7 @@ kv_cache::kv_cache(const kv_cache_config& config) : config_(config), bt_(config.
   // Pages are faulted in only when blocks are written; on huge pages (engine/huge_page_memory:
   // batched decode into fresh 4 KiB pages spent 5% of its time faulting, and 2 MiB pages give
   // attention's scattered block reads more TLB reach).
-  pool_ =
-      huge_page_memory(block_bytes_ * c.blocks_max, "the KV pool (kv_cache)", "lower blocks_max");
+  pool_ = huge_page_memory(block_bytes_ * c.blocks_max, "the KV pool", "lower blocks_max");
   free_blocks_.resize(c.blocks_max);
   // Stack of free blocks; lowest index on top so a fresh cache fills the pool front to back.
   for (std::size_t i = 0; i < c.blocks_max; ++i)
