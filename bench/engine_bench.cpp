@@ -14,8 +14,10 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <random>
 #include <set>
+#include <string>
 
 #include <unistd.h>
 
@@ -60,6 +62,20 @@ std::size_t resident_bytes() {
   std::size_t total_pages = 0, resident_pages = 0;
   if (!(statm >> total_pages >> resident_pages)) return 0;
   return resident_pages * static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+}
+
+/// Bytes of this process on transparent huge pages now (AnonHugePages of
+/// /proc/self/smaps_rollup; 0 if it cannot be read): whether the packed q8_0 weights and the KV
+/// pool got the huge pages they ask for (THP "never", or no free 2 MiB pages, gives 4 KiB ones).
+std::size_t huge_page_resident_bytes() {
+  std::ifstream rollup("/proc/self/smaps_rollup");
+  std::string key;
+  std::size_t kib = 0;
+  while (rollup >> key) {
+    if (key == "AnonHugePages:" && rollup >> kib) return kib * 1024;
+    rollup.ignore(std::numeric_limits<std::streamsize>::max(), '\n');
+  }
+  return 0;
 }
 
 } // namespace
@@ -242,6 +258,7 @@ engine_bench_result run_engine_bench(const engine_bench_options& o) {
   }
   res.model_file_bytes = static_cast<std::size_t>(std::filesystem::file_size(o.model));
   res.resident_bytes = resident_bytes();
+  res.huge_page_bytes = huge_page_resident_bytes();
   if (o.on_progress) o.on_progress(1.0, "done");
   return res;
 }
@@ -257,11 +274,12 @@ std::string format_engine_bench(const engine_bench_result& r) {
                    "q8_0 matrices are held once, packed for the kernels)",
                    static_cast<double>(r.kv_pool_bytes) / 1e6));
   if (r.resident_bytes > 0)
-    line(fmt::format("resident         {:.1f} MB at the end of the run (model file {:.1f} MB, KV "
-                     "pool {:.1f} MB reserved: its blocks count once written)",
-                     static_cast<double>(r.resident_bytes) / 1e6,
-                     static_cast<double>(r.model_file_bytes) / 1e6,
-                     static_cast<double>(r.kv_pool_bytes) / 1e6));
+    line(fmt::format(
+        "resident         {:.1f} MB at the end of the run, {:.1f} MB of it on huge "
+        "pages (model file {:.1f} MB, KV pool {:.1f} MB reserved: its blocks count "
+        "once written)",
+        static_cast<double>(r.resident_bytes) / 1e6, static_cast<double>(r.huge_page_bytes) / 1e6,
+        static_cast<double>(r.model_file_bytes) / 1e6, static_cast<double>(r.kv_pool_bytes) / 1e6));
   // "lo-hi" of f over the rounds, e.g. the ratio of two figures measured in the same round.
   auto per_round = [&](auto&& f, const char* fmt_one) {
     double lo = 0, hi = 0;

@@ -95,6 +95,9 @@ struct engine_bench_result {
   /// unavailable): the mapped weights it touched, the packed q8_0 copy (whose originals are
   /// released), the KV blocks written and the workspaces.
   std::size_t resident_bytes = 0;
+  /// Of it, bytes on transparent huge pages (AnonHugePages; 0 where unavailable or where the
+  /// system gave none): the packed q8_0 weights and the KV pool ask for them.
+  std::size_t huge_page_bytes = 0;
 
   double read_gbps() const; ///< the best round's
   /// Single-sequence decode tok/s if it ran at the memory read bandwidth (the best round's, or
