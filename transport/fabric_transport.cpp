@@ -1621,13 +1621,20 @@ private:
   /// the receiver region's spin lock for every operation addressed to it, and a receiver killed
   /// while it held that lock (inside its own progress, which takes it too) leaves it taken for
   /// good: the next operation spins forever. Seen once: "a receiver killed while holding credit
-  /// leaves the sender with a timeout" hung in the sender's goodbye (2026-11-29). A receiver
-  /// that dies between this check and the call can still leave it spinning; that window is
-  /// microseconds, against all the time after a death.
-  result<void> check_receiver() const {
-    if (peer_pid_ > 0 && !process_running(peer_pid_))
+  /// leaves the sender with a timeout" hung in the sender's goodbye (2026-11-29).
+  /// The check (kill(pid, 0), a syscall: ~0.25 us here) runs at most once per
+  /// receiver_check_interval: send() and the envelope pump_once sends after the write would
+  /// otherwise each pay it for every segment. A receiver that dies within that interval of a
+  /// passed check, holding its lock, can still leave the next operation spinning: 100 us
+  /// against all the time after a death.
+  result<void> check_receiver() {
+    if (peer_pid_ <= 0) return {};
+    const auto now = std::chrono::steady_clock::now();
+    if (now - receiver_alive_at_ < receiver_check_interval) return {};
+    if (!process_running(peer_pid_))
       return fail(errc::peer_dead,
                   name_ + ": the receiver's process " + std::to_string(peer_pid_) + " has exited");
+    receiver_alive_at_ = now;
     return {};
   }
 
@@ -1740,6 +1747,10 @@ private:
   std::string name_;
   fi_addr_t peer_ = FI_ADDR_UNSPEC;
   pid_t peer_pid_ = 0; ///< shm: the receiver's process (0: unknown, or this one)
+  /// When check_receiver last found it running (written under mu_, by user calls and the
+  /// progress thread in turn).
+  std::chrono::steady_clock::time_point receiver_alive_at_{};
+  static constexpr std::chrono::microseconds receiver_check_interval{100};
   std::uint64_t stream_id_ = 0;
   std::uint64_t sequence_ = 0;
   std::uint64_t window_ = 0, credit_ = 0, receiver_max_ = 0, head_ = 0;
