@@ -28,8 +28,8 @@ huge_page_memory::huge_page_memory(std::size_t bytes, std::string_view what,
   if (bytes > std::numeric_limits<std::size_t>::max() - 2 * huge_page_bytes)
     refuse("the size overflows");
   size_ = (bytes + huge_page_bytes - 1) / huge_page_bytes * huge_page_bytes;
-  mapped_ = size_ + huge_page_bytes; // room to start on a 2 MiB boundary
-  void* p = ::mmap(nullptr, mapped_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  void* p =
+      ::mmap(nullptr, mapped_bytes(), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) refuse(std::strerror(errno));
   mapping_ = p;
   const auto at = reinterpret_cast<std::uintptr_t>(p);
@@ -38,19 +38,22 @@ huge_page_memory::huge_page_memory(std::size_t bytes, std::string_view what,
   (void)::madvise(data_, size_, MADV_HUGEPAGE); // advice: where THP is off, 4 KiB pages
 }
 
+std::size_t huge_page_memory::mapped_bytes() const {
+  return size_ + huge_page_bytes;
+}
+
 huge_page_memory::~huge_page_memory() {
-  if (mapping_ != nullptr) ::munmap(mapping_, mapped_);
+  if (mapping_ != nullptr) ::munmap(mapping_, mapped_bytes());
 }
 
 huge_page_memory::huge_page_memory(huge_page_memory&& other) noexcept
-    : mapping_(std::exchange(other.mapping_, nullptr)), mapped_(std::exchange(other.mapped_, 0)),
-      data_(std::exchange(other.data_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+    : mapping_(std::exchange(other.mapping_, nullptr)), data_(std::exchange(other.data_, nullptr)),
+      size_(std::exchange(other.size_, 0)) {}
 
 huge_page_memory& huge_page_memory::operator=(huge_page_memory&& other) noexcept {
   if (this != &other) {
-    if (mapping_ != nullptr) ::munmap(mapping_, mapped_);
+    if (mapping_ != nullptr) ::munmap(mapping_, mapped_bytes());
     mapping_ = std::exchange(other.mapping_, nullptr);
-    mapped_ = std::exchange(other.mapped_, 0);
     data_ = std::exchange(other.data_, nullptr);
     size_ = std::exchange(other.size_, 0);
   }

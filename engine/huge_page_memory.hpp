@@ -27,8 +27,10 @@ public:
   std::size_t size() const { return size_; }
 
 private:
+  /// Bytes mapped at mapping_: size_ and room to start on a 2 MiB boundary.
+  std::size_t mapped_bytes() const;
+
   void* mapping_ = nullptr;   ///< what mmap returned (it starts up to 2 MiB before data_)
-  std::size_t mapped_ = 0;    ///< bytes mapped there
   std::byte* data_ = nullptr; ///< the first 2 MiB boundary in the mapping
   std::size_t size_ = 0;      ///< usable bytes from data_, a multiple of 2 MiB
 };
