@@ -35,6 +35,21 @@ void check_tensor(const std::string& name, const tensor_view& t, std::int64_t ro
             " columns, not a multiple of 32");
 }
 
+/// Floats per row of a worker's score scratch: seq_len and one line more, so that the rows of
+/// a slab do not all fall in the same cache sets (at a power-of-two seq_len, 1024 positions
+/// are 4 KiB apart).
+std::int64_t att_row_floats(int seq_len) {
+  return seq_len + 16;
+}
+
+/// Rows of a prefill chunk per attention_rows call, whose scores the worker's scratch holds:
+/// as many as fit in 64 Ki floats (256 KiB; 64 rows at 1024 positions), at least 4 (8 MiB per
+/// worker at a context of 512 Ki positions), at most tokens_max.
+int attention_slab(int seq_len, int tokens_max) {
+  const auto fit = static_cast<int>(65536 / att_row_floats(seq_len));
+  return std::min(tokens_max, std::max(4, fit));
+}
+
 } // namespace
 
 /// Every buffer the forward pass touches, sized once for tokens_max rows.
@@ -44,7 +59,7 @@ struct runner::workspace {
   std::vector<float> xb2;      ///< [T][dim]   attention output (before wo)
   std::vector<float> qkv;      ///< [T][dim + 2 * kv_dim]  q | k | v per row
   std::vector<float> hb;       ///< [T][2 * hidden_dim]    w1 x | w3 x per row
-  std::vector<float> att;      ///< [threads][4][seq_len]  attention scores per worker
+  std::vector<float> att;      ///< [threads][attention_slab][att_row_floats]  scores per worker
   std::vector<float> rope;     ///< [seq_len][head_size/2][2]  cos, sin
   std::vector<seq_id> row_seq; ///< [T]
   std::vector<int> row_pos;    ///< [T]
@@ -89,7 +104,8 @@ runner::runner(const model_weights& weights, runner_options options)
   ws_->xb2.resize(T * u(D));
   ws_->qkv.resize(T * u(D + 2 * KV));
   ws_->hb.resize(T * u(2 * H));
-  ws_->att.resize(u(pool_.threads()) * 4 * u(c.seq_len));
+  ws_->att.resize(u(pool_.threads()) * u(attention_slab(c.seq_len, options_.tokens_max)) *
+                  u(att_row_floats(c.seq_len)));
   ws_->rope.resize(u(c.seq_len) * u(c.head_size()));
   kernels::rope_table(ws_->rope.data(), c.seq_len, c.head_size(), c.rope_theta);
   ws_->row_seq.resize(T);
@@ -245,28 +261,29 @@ void runner::layers_chunk(kv_cache& kv, int n, int first_layer, int last_layer, 
         std::memcpy(vr, q + D + KV, static_cast<std::size_t>(KV) * 4);
       }
     });
-    // Head-major: consecutive tasks are the rows of one head, which in a prefill chunk all read
-    // the same sequence's K and V of that head (from cache after the first row), where row-major
-    // order cycled through every head's K and V per row (3 MB per layer at 512 positions of
-    // stories110M, past L2). A prefill chunk's rows (one sequence, consecutive positions) go 4 at
-    // a time through attention_rows, which loads each K row once for the 4. Measured (duet bench
-    // engine, stories110M q8_0, 1 thread, old and new binaries alternated): head-major alone,
-    // prefill 512 1148-1204 -> 1247-1251 tok/s; attention_rows then 958-976 -> 1155-1392 (a
-    // slower hour of the VM), prefill 128 1498-1558 -> 1643-1916.
-    const std::size_t att_per_worker = static_cast<std::size_t>(4 * c.seq_len);
+    // Head-major: a task is one head's rows of the chunk (up to a slab of them), which
+    // all read the same sequence's K and V of that head; row-major order cycled through every
+    // head's K and V per row (3 MB per layer at 512 positions of stories110M, past L2). Measured
+    // (duet bench engine, stories110M q8_0, 1 thread, old and new binaries alternated):
+    // head-major alone, prefill 512 1148-1204 -> 1247-1251 tok/s. attention_rows takes the rows
+    // together: it loads each K and V row once for several query rows, and on AVX-512 turns K
+    // into columns once for the call.
+    const std::int64_t att_stride = att_row_floats(c.seq_len);
+    const int slab = attention_slab(c.seq_len, options_.tokens_max);
+    const auto att_per_worker = static_cast<std::size_t>(slab * att_stride);
     if (one_sequence) {
-      const int groups = (n + 3) / 4;
+      const int slabs = (n + slab - 1) / slab;
       pool_.parallel_for(
-          static_cast<std::int64_t>(groups) * c.n_heads,
+          static_cast<std::int64_t>(slabs) * c.n_heads,
           [&](std::int64_t b, std::int64_t e, int worker) {
             float* att = ws.att.data() + static_cast<std::size_t>(worker) * att_per_worker;
             for (std::int64_t it = b; it < e; ++it) {
-              const int i = static_cast<int>(it % groups) * 4;
-              const int h = static_cast<int>(it / groups);
+              const int i = static_cast<int>(it % slabs) * slab;
+              const int h = static_cast<int>(it / slabs);
               const auto si = static_cast<std::size_t>(i);
               kernels::attention_rows(row(qkv, i, QKV) + h * hs, QKV, kv, ws.row_table[si], l,
-                                      h / kv_mul, ws.row_pos[si] + 1, std::min(4, n - i), att,
-                                      c.seq_len, row(xb2, i, D) + h * hs, D);
+                                      h / kv_mul, ws.row_pos[si] + 1, std::min(slab, n - i), att,
+                                      att_stride, row(xb2, i, D) + h * hs, D);
             }
           });
     } else {

@@ -668,12 +668,15 @@ bool wide_v(const head_walk& w) {
   return w.hs % 16 == 0 && current_simd() == simd::avx512_vnni;
 }
 
-DUET_AVX512F inline __m512 load16(const head_walk& w, const std::byte* base, int i) {
-  if (w.f16) // the masked form: g++ 12 warns about the plain one's undefined source (bug 105593)
+/// 16 floats of a K or V row at element i, in the cache's dtype (F16: IEEE half).
+template <bool F16>
+DUET_AVX512F inline __m512 load16(const std::byte* base, int i) {
+  if constexpr (F16) // the masked form: g++ 12 warns about the plain one's undefined source
     return _mm512_mask_cvtph_ps(_mm512_setzero_ps(), 0xffff,
                                 _mm256_loadu_si256(reinterpret_cast<const __m256i*>(
                                     base + static_cast<std::ptrdiff_t>(i) * 2)));
-  return _mm512_loadu_ps(reinterpret_cast<const float*>(base) + i);
+  else
+    return _mm512_loadu_ps(reinterpret_cast<const float*>(base) + i);
 }
 
 /// head_walk::weighted_v for R rows (R <= 4) in 512-bit registers, for head sizes that are a
@@ -684,49 +687,78 @@ DUET_AVX512F inline __m512 load16(const head_walk& w, const std::byte* base, int
 /// so the same bits, and half the instructions of 256-bit registers. Measured (duet bench engine,
 /// stories110M q8_0, 1 thread, the Xeon VM of 2026-11-29, old and new alternated 3 times): prefill
 /// 512 707-863 -> 878-986 tok/s; 32-sequence decode (one row, V from memory) unchanged.
+/// This is one chunk of L x 16 output floats (L <= 4) from float c on; the dtype and L are
+/// compile-time so that the position loop holds no branch: with both at run time, g++ 12 kept a
+/// test of each per FMA and the dtype's per load, and reloaded the rows' score pointers
+/// (perf annotate, 512-token prefill).
+template <int R, bool F16, int L>
+DUET_AVX512F void weighted_v_chunk_avx512(const head_walk& w, const float* const* att_rows,
+                                          int common, float* const* out, int c) {
+  constexpr std::ptrdiff_t elem = F16 ? 2 : 4;
+  const float* att[R];
+  __m512 acc[R][L];
+  DUET_UNROLL
+  for (int r = 0; r < R; ++r) {
+    att[r] = att_rows[r];
+    DUET_UNROLL
+    for (int m = 0; m < L; ++m) acc[r][m] = _mm512_setzero_ps();
+  }
+  for (int b = 0; b * w.bt < common; ++b) {
+    const int b0 = b * w.bt, end = std::min(common, b0 + w.bt);
+    const std::byte* v = w.vb[b] + c * elem;
+    for (int p = b0; p < end; ++p, v += w.row_bytes) {
+      __m512 vv[L];
+      DUET_UNROLL
+      for (int m = 0; m < L; ++m) vv[m] = load16<F16>(v, m * 16);
+      DUET_UNROLL
+      for (int r = 0; r < R; ++r) {
+        const __m512 a = _mm512_set1_ps(att[r][p]);
+        DUET_UNROLL
+        for (int m = 0; m < L; ++m) acc[r][m] = _mm512_fmadd_ps(a, vv[m], acc[r][m]);
+      }
+    }
+  }
+  DUET_UNROLL
+  for (int r = 1; r < R; ++r)
+    for (int p = common; p < common + r; ++p) {
+      const std::byte* v = w.vb[p / w.bt] + (p % w.bt) * w.row_bytes + c * elem;
+      const __m512 a = _mm512_set1_ps(att[r][p]);
+      DUET_UNROLL
+      for (int m = 0; m < L; ++m) acc[r][m] = _mm512_fmadd_ps(a, load16<F16>(v, m * 16), acc[r][m]);
+    }
+  DUET_UNROLL
+  for (int r = 0; r < R; ++r) {
+    DUET_UNROLL
+    for (int m = 0; m < L; ++m) _mm512_storeu_ps(out[r] + c + m * 16, acc[r][m]);
+  }
+}
+
+/// weighted_v_chunk_avx512 over the head, 64 output floats per chunk.
+template <int R, bool F16>
+DUET_AVX512F void weighted_v_head_avx512(const head_walk& w, const float* const* att, int common,
+                                         float* const* out) {
+  for (int c = 0; c < w.hs; c += 64) {
+    switch (std::min(64, w.hs - c) / 16) {
+    case 1:
+      weighted_v_chunk_avx512<R, F16, 1>(w, att, common, out, c);
+      break;
+    case 2:
+      weighted_v_chunk_avx512<R, F16, 2>(w, att, common, out, c);
+      break;
+    case 3:
+      weighted_v_chunk_avx512<R, F16, 3>(w, att, common, out, c);
+      break;
+    default:
+      weighted_v_chunk_avx512<R, F16, 4>(w, att, common, out, c);
+    }
+  }
+}
+
 template <int R>
 DUET_AVX512F void weighted_v_rows_avx512(const head_walk& w, const float* const* att, int common,
                                          float* const* out) {
-  constexpr int chunk = 64; // output floats per row held in 4 registers per pass
-  const std::ptrdiff_t elem = w.f16 ? 2 : 4;
-  for (int c = 0; c < w.hs; c += chunk) {
-    const int lanes = std::min(chunk, w.hs - c) / 16;
-    __m512 acc[R][chunk / 16];
-    DUET_UNROLL
-    for (int r = 0; r < R; ++r) {
-      DUET_UNROLL
-      for (int m = 0; m < chunk / 16; ++m) acc[r][m] = _mm512_setzero_ps();
-    }
-    for (int b = 0; b * w.bt < common; ++b) {
-      const int b0 = b * w.bt, end = std::min(common, b0 + w.bt);
-      const std::byte* v = w.vb[b] + c * elem;
-      for (int p = b0; p < end; ++p, v += w.row_bytes) {
-        __m512 vv[chunk / 16];
-        DUET_UNROLL
-        for (int m = 0; m < chunk / 16; ++m)
-          vv[m] = m < lanes ? load16(w, v, m * 16) : _mm512_setzero_ps();
-        DUET_UNROLL
-        for (int r = 0; r < R; ++r) {
-          const __m512 a = _mm512_set1_ps(att[r][p]);
-          DUET_UNROLL
-          for (int m = 0; m < chunk / 16; ++m)
-            if (m < lanes) acc[r][m] = _mm512_fmadd_ps(a, vv[m], acc[r][m]);
-        }
-      }
-    }
-    DUET_UNROLL
-    for (int r = 1; r < R; ++r)
-      for (int p = common; p < common + r; ++p) {
-        const std::byte* v = w.vb[p / w.bt] + (p % w.bt) * w.row_bytes + c * elem;
-        const __m512 a = _mm512_set1_ps(att[r][p]);
-        DUET_UNROLL
-        for (int m = 0; m < chunk / 16; ++m)
-          if (m < lanes) acc[r][m] = _mm512_fmadd_ps(a, load16(w, v, m * 16), acc[r][m]);
-      }
-    DUET_UNROLL
-    for (int r = 0; r < R; ++r)
-      for (int m = 0; m < lanes; ++m) _mm512_storeu_ps(out[r] + c + m * 16, acc[r][m]);
-  }
+  if (w.f16) return weighted_v_head_avx512<R, true>(w, att, common, out);
+  weighted_v_head_avx512<R, false>(w, att, common, out);
 }
 
 /// The weighted sum of V for R rows (see weighted_v_rows_avx512), in whichever registers fit.
@@ -884,6 +916,189 @@ DUET_AVX512F int scores_4rows_avx512(const head_walk& w, const float* q, std::in
   return t;
 }
 
+/// m[i] = column i of the 16 x 16 matrix whose row i was m[i]: unpacks pair the rows' floats,
+/// shuffles within 128-bit lanes make 4-row columns, and two rounds of lane shuffles gather a
+/// column's 4 lanes (64 shuffles for 256 floats, where element by element was 256 loads and
+/// stores at a column's stride).
+DUET_AVX512F void transpose16(__m512* m) {
+  // The masked forms, mask all ones: g++ 12 warns about the plain ones' undefined source.
+  const __m512 z = _mm512_setzero_ps();
+  __m512 t[16], u[16];
+  DUET_UNROLL
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_mask_unpacklo_ps(z, 0xffff, m[2 * i], m[2 * i + 1]);
+    t[2 * i + 1] = _mm512_mask_unpackhi_ps(z, 0xffff, m[2 * i], m[2 * i + 1]);
+  }
+  // u[4g + k], 128-bit lane L: column 4L + k of rows 4g .. 4g + 3.
+  DUET_UNROLL
+  for (int g = 0; g < 4; ++g) {
+    u[4 * g] = _mm512_mask_shuffle_ps(z, 0xffff, t[4 * g], t[4 * g + 2], 0x44);
+    u[4 * g + 1] = _mm512_mask_shuffle_ps(z, 0xffff, t[4 * g], t[4 * g + 2], 0xee);
+    u[4 * g + 2] = _mm512_mask_shuffle_ps(z, 0xffff, t[4 * g + 1], t[4 * g + 3], 0x44);
+    u[4 * g + 3] = _mm512_mask_shuffle_ps(z, 0xffff, t[4 * g + 1], t[4 * g + 3], 0xee);
+  }
+  DUET_UNROLL
+  for (int k = 0; k < 4; ++k) {
+    const __m512 even01 =
+        _mm512_mask_shuffle_f32x4(z, 0xffff, u[k], u[4 + k], 0x88); // lanes 0, 2 of each
+    const __m512 odd01 = _mm512_mask_shuffle_f32x4(z, 0xffff, u[k], u[4 + k], 0xdd); // lanes 1, 3
+    const __m512 even23 = _mm512_mask_shuffle_f32x4(z, 0xffff, u[8 + k], u[12 + k], 0x88);
+    const __m512 odd23 = _mm512_mask_shuffle_f32x4(z, 0xffff, u[8 + k], u[12 + k], 0xdd);
+    m[k] = _mm512_mask_shuffle_f32x4(z, 0xffff, even01, even23, 0x88);
+    m[4 + k] = _mm512_mask_shuffle_f32x4(z, 0xffff, odd01, odd23, 0x88);
+    m[8 + k] = _mm512_mask_shuffle_f32x4(z, 0xffff, even01, even23, 0xdd);
+    m[12 + k] = _mm512_mask_shuffle_f32x4(z, 0xffff, odd01, odd23, 0xdd);
+  }
+}
+
+/// This head's K at positions [p_begin, p_end) as columns, f32: element d of position p at
+/// cols[d * stride + p - p_begin], zeros after p_end up to the next multiple of 16 (the scores
+/// read them and drop the results). 16 positions x 16 dimensions at a time through
+/// transpose16; head_size a multiple of 16, stride one of 16 and at least p_end - p_begin
+/// rounded up to one.
+DUET_AVX512F void fill_columns(float* cols, std::int64_t stride, const head_walk& w, int p_begin,
+                               int p_end) {
+  for (int p0 = p_begin; p0 < p_end; p0 += 16) {
+    const std::byte* k[16];
+    for (int i = 0; i < 16; ++i) k[i] = p0 + i < p_end ? w.k(p0 + i) : nullptr;
+    float* at = cols + (p0 - p_begin);
+    for (int d0 = 0; d0 < w.hs; d0 += 16) {
+      __m512 m[16];
+      DUET_UNROLL
+      for (int i = 0; i < 16; ++i)
+        m[i] = k[i] == nullptr ? _mm512_setzero_ps()
+               : w.f16         ? load16<true>(k[i], d0)
+                               : load16<false>(k[i], d0);
+      transpose16(m);
+      DUET_UNROLL
+      for (int d = 0; d < 16; ++d) _mm512_storeu_ps(at + (d0 + d) * stride, m[d]);
+    }
+  }
+}
+
+/// The scores of R rows (R <= 4) at the 16 positions from p0 on, from K as columns (`col` is
+/// the columns at p0): lane l of the head (the dimensions l, l + 8, l + 16, ...) has one
+/// accumulator per row, and its FMA chain runs over the dimensions in the order of the 8-lane
+/// chains of attention_avx2; the 8 lanes are then added in hsum's pairs ((0 + 4) + (2 + 6)) +
+/// ((1 + 5) + (3 + 7)), across registers instead of within one. So each score is the same float
+/// as attention()'s, with no shuffle. Lanes go in two halves, {0, 4, 2, 6} then {1, 5, 3, 7}, so
+/// that 4 rows x 4 lanes of accumulators fit in registers. Row r's scores for positions before
+/// common + r go to ar[r]; the rest are dropped.
+template <int R>
+DUET_AVX512F void scores_block_avx512(const float* col, std::int64_t stride, int hs,
+                                      const float* const* qr, float* const* ar, int common, int p0,
+                                      __m512 divisor) {
+  const int steps = hs / 8;
+  __m512 half_sum[2][R];
+  DUET_UNROLL
+  for (int half = 0; half < 2; ++half) {
+    constexpr int order[4] = {0, 4, 2, 6};
+    __m512 acc[4][R];
+    DUET_UNROLL
+    for (int j = 0; j < 4; ++j) {
+      DUET_UNROLL
+      for (int r = 0; r < R; ++r) acc[j][r] = _mm512_setzero_ps();
+    }
+    for (int s = 0; s < steps; ++s) {
+      DUET_UNROLL
+      for (int j = 0; j < 4; ++j) {
+        const int d = 8 * s + order[j] + half;
+        const __m512 k = _mm512_loadu_ps(col + d * stride);
+        DUET_UNROLL
+        for (int r = 0; r < R; ++r)
+          acc[j][r] = _mm512_fmadd_ps(_mm512_set1_ps(qr[r][d]), k, acc[j][r]);
+      }
+    }
+    DUET_UNROLL
+    for (int r = 0; r < R; ++r)
+      half_sum[half][r] =
+          _mm512_add_ps(_mm512_add_ps(acc[0][r], acc[1][r]), _mm512_add_ps(acc[2][r], acc[3][r]));
+  }
+  DUET_UNROLL
+  for (int r = 0; r < R; ++r) {
+    const int left = common + r - p0;
+    if (left <= 0) continue;
+    const auto mask = static_cast<__mmask16>(left >= 16 ? 0xffff : (1u << left) - 1);
+    _mm512_mask_storeu_ps(ar[r] + p0, mask,
+                          _mm512_div_ps(_mm512_add_ps(half_sum[0][r], half_sum[1][r]), divisor));
+  }
+}
+
+/// Fewest rows for which attention_rows turns K into columns: the transposition is about a
+/// quarter of 4 rows' score FMAs per position, and is done once per call.
+constexpr int columns_min_rows = 8;
+
+/// Positions of K as columns at a time (attention_columns_avx512): 256 KiB per 64 of head size.
+constexpr int columns_window = 1024;
+
+/// attention_rows for a prefill chunk of one head (rows >= columns_min_rows, head size a
+/// multiple of 16, AVX-512): the scores from K as columns (fill_columns), a window of positions
+/// at a time, and within it blocks of 16 positions outermost and the 4-row groups inside, so
+/// that a block's K stays in L1 for every group; then softmax and the weighted sums of V group
+/// by group (weighted_v_rows). Every score and output float goes through the same operations in
+/// the same order as attention(), so the same bits. Measured (a scratch program timing this
+/// kernel on one layer of a 512-token prefill in chunks of 64 rows, stories110M's 12 heads of
+/// 64, 1 thread, the Xeon VM of 2026-11-29): 6.83 -> 5.95 ms per layer with f32 K and V, 7.96 ->
+/// 6.25 with f16, against 4-row calls of the 4-row tile (scores_4rows_avx512), whose horizontal
+/// sums cost about as much as its FMAs (perf annotate).
+DUET_AVX512F void attention_columns_avx512(const head_walk& w, const float* q,
+                                           std::int64_t q_stride, int n_pos0, int rows, float* att,
+                                           std::int64_t att_stride, float* out,
+                                           std::int64_t out_stride, float scale_div) {
+  const int hs = w.hs, n = n_pos0 + rows - 1;
+  // One line past a multiple of 16: at a power-of-two stride (1024 positions, 4 KiB) all
+  // columns fall in the same cache sets (filling them float by float then took longer than the
+  // scores, perf).
+  const std::int64_t stride = (std::min(n, columns_window) + 15) / 16 * 16 + 16;
+  thread_local std::vector<float> columns;
+  if (columns.size() < static_cast<std::size_t>(stride * hs))
+    columns.resize(static_cast<std::size_t>(stride * hs));
+  const __m512 divisor = _mm512_set1_ps(scale_div);
+  // Group r0's query rows, score rows and output rows; returns how many rows it has.
+  auto group = [&](int r0, const float** qr, float** ar, float** outs) {
+    const int R = std::min(4, rows - r0);
+    for (int r = 0; r < R; ++r) {
+      qr[r] = q + (r0 + r) * q_stride;
+      ar[r] = att + (r0 + r) * att_stride;
+      outs[r] = out + (r0 + r) * out_stride;
+    }
+    return R;
+  };
+  for (int w0 = 0; w0 < n; w0 += columns_window) {
+    fill_columns(columns.data(), stride, w, w0, std::min(n, w0 + columns_window));
+    for (int p0 = w0; p0 < std::min(n, w0 + columns_window); p0 += 16)
+      for (int r0 = 0; r0 < rows; r0 += 4) {
+        const float* qr[4];
+        float* ar[4];
+        float* outs[4];
+        const int R = group(r0, qr, ar, outs), common = n_pos0 + r0;
+        if (common + R - 1 <= p0) continue; // no row of this group reaches the block
+        const float* col = columns.data() + (p0 - w0);
+        switch (R) {
+        case 1:
+          scores_block_avx512<1>(col, stride, hs, qr, ar, common, p0, divisor);
+          break;
+        case 2:
+          scores_block_avx512<2>(col, stride, hs, qr, ar, common, p0, divisor);
+          break;
+        case 3:
+          scores_block_avx512<3>(col, stride, hs, qr, ar, common, p0, divisor);
+          break;
+        default:
+          scores_block_avx512<4>(col, stride, hs, qr, ar, common, p0, divisor);
+        }
+      }
+  }
+  for (int r0 = 0; r0 < rows; r0 += 4) {
+    const float* qr[4];
+    float* ar[4];
+    float* outs[4];
+    const int R = group(r0, qr, ar, outs), common = n_pos0 + r0;
+    for (int r = 0; r < R; ++r) softmax(ar[r], common + r);
+    weighted_v_rows(w, ar, R, common, outs);
+  }
+}
+
 /// attention_rows for up to 4 rows at a time: the scores of 4 rows x 2 positions per step (8
 /// FMA chains; each K load serves 4 rows, each query load 2 positions); the positions only the
 /// later rows see (causal) one row at a time. Per (row, position) the same FMA chain and the
@@ -896,6 +1111,9 @@ DUET_AVX2 void attention_rows_avx2(const float* q, std::int64_t q_stride, const 
   const head_walk w(kv, table, layer, kv_head, n_pos0 + rows - 1);
   const int hs = w.hs;
   const float scale_div = std::sqrt(static_cast<float>(hs)); // run.c divides
+  if (rows >= columns_min_rows && hs % 16 == 0 && current_simd() == simd::avx512_vnni)
+    return attention_columns_avx512(w, q, q_stride, n_pos0, rows, att, att_stride, out, out_stride,
+                                    scale_div);
   auto score = [&](const float* qr, int t) DUET_AVX2 {
     const std::byte* k = w.k(t);
     __m256 acc = _mm256_setzero_ps();

@@ -451,24 +451,77 @@ TEST_CASE("attention over the paged cache matches a scalar reference for f32 and
       }
     }
   }
-  // attention_rows (prefill's kernel): 7 query rows at consecutive positions (a group of 4 and a
-  // group of 3), the same bits as attention() row by row.
-  const int rows = 7, n_pos0 = n_pos - rows + 1;
-  std::vector<float> qs(static_cast<std::size_t>(rows * (hs + 3)));
-  for (auto& e : qs) e = dist(rng);
-  std::vector<float> atts(static_cast<std::size_t>(rows * n_pos)), outs(qs.size()), one(q.size());
-  for (int head = 0; head < 2; ++head) {
-    kernels::attention_rows(qs.data(), hs + 3, kv, table, layer, head, n_pos0, rows, atts.data(),
-                            n_pos, outs.data(), hs + 3);
-    for (int r = 0; r < rows; ++r) {
-      kernels::attention(qs.data() + r * (hs + 3), kv, table, layer, head, n_pos0 + r, att.data(),
-                         one.data());
-      for (int i = 0; i < hs; ++i) {
-        INFO("head " << head << " row " << r << " value " << i);
-        REQUIRE(outs[static_cast<std::size_t>(r * (hs + 3) + i)] ==
-                one[static_cast<std::size_t>(i)]);
+  // attention_rows (prefill's kernel), the same bits as attention() row by row: 7 query rows at
+  // consecutive positions (a group of 4 and a group of 3) and 21 (on AVX-512, for head sizes of
+  // a multiple of 16, with K as columns in blocks of 16 positions: 37 positions are 2 blocks and
+  // a part, and the groups of 4 rows start and end inside blocks).
+  for (const int rows : {7, 21}) {
+    const int n_pos0 = n_pos - rows + 1;
+    std::vector<float> qs(static_cast<std::size_t>(rows * (hs + 3)));
+    for (auto& e : qs) e = dist(rng);
+    std::vector<float> atts(static_cast<std::size_t>(rows * n_pos)), outs(qs.size()), one(q.size());
+    for (int head = 0; head < 2; ++head) {
+      kernels::attention_rows(qs.data(), hs + 3, kv, table, layer, head, n_pos0, rows, atts.data(),
+                              n_pos, outs.data(), hs + 3);
+      for (int r = 0; r < rows; ++r) {
+        kernels::attention(qs.data() + r * (hs + 3), kv, table, layer, head, n_pos0 + r, att.data(),
+                           one.data());
+        for (int i = 0; i < hs; ++i) {
+          INFO(rows << " rows, head " << head << " row " << r << " value " << i);
+          REQUIRE(outs[static_cast<std::size_t>(r * (hs + 3) + i)] ==
+                  one[static_cast<std::size_t>(i)]);
+        }
       }
     }
   }
   kernels::set_simd_limit(kernels::best_simd());
+}
+
+TEST_CASE("attention_rows gives attention()'s bits past one window of K as columns") {
+  // 1100 positions: the 512-bit path turns K into columns 1024 positions at a time, so a chunk
+  // of rows attending to all of them crosses a window; rows start inside a 16-position block.
+  std::mt19937 rng(test_seed());
+  INFO("seed " << test_seed());
+  std::normal_distribution<float> dist(0.0f, 1.0f);
+  const auto type = GENERATE(dtype::f32, dtype::f16);
+  INFO(dtype_name(type) << " " << kernels::simd_level());
+  kv_cache_config c;
+  c.first_layer = 0;
+  c.last_layer = 1;
+  c.n_kv_heads = 1;
+  c.head_size = 16;
+  c.seq_len_max = 1100;
+  c.block_tokens = 16;
+  c.blocks_max = 69;
+  c.type = type;
+  kv_cache kv(c);
+  REQUIRE(kv.seq_add(1));
+  const int n_pos = 1100, hs = c.head_size, rows = 9, n_pos0 = n_pos - rows + 1;
+  REQUIRE(kv.seq_reserve(1, n_pos));
+  auto table = kv.block_table(1);
+  for (int p = 0; p < n_pos; ++p)
+    for (int j = 0; j < hs; ++j) {
+      const float k = dist(rng), v = dist(rng);
+      if (type == dtype::f16) {
+        const auto hk = f32_to_f16(k), hv = f32_to_f16(v);
+        std::memcpy(kv.k_row(table, 0, p) + j * 2, &hk, 2);
+        std::memcpy(kv.v_row(table, 0, p) + j * 2, &hv, 2);
+      } else {
+        std::memcpy(kv.k_row(table, 0, p) + j * 4, &k, 4);
+        std::memcpy(kv.v_row(table, 0, p) + j * 4, &v, 4);
+      }
+    }
+  std::vector<float> qs(static_cast<std::size_t>(rows * hs));
+  for (auto& e : qs) e = dist(rng);
+  std::vector<float> atts(static_cast<std::size_t>(rows * n_pos)), outs(qs.size());
+  std::vector<float> att(n_pos), one(static_cast<std::size_t>(hs));
+  kernels::attention_rows(qs.data(), hs, kv, table, 0, 0, n_pos0, rows, atts.data(), n_pos,
+                          outs.data(), hs);
+  for (int r = 0; r < rows; ++r) {
+    kernels::attention(qs.data() + r * hs, kv, table, 0, 0, n_pos0 + r, att.data(), one.data());
+    for (int i = 0; i < hs; ++i) {
+      INFO("row " << r << " value " << i);
+      REQUIRE(outs[static_cast<std::size_t>(r * hs + i)] == one[static_cast<std::size_t>(i)]);
+    }
+  }
 }
