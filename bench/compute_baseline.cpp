@@ -21,10 +21,15 @@ using clock_type = std::chrono::steady_clock;
 
 constexpr long iterations = 2'000'000;
 constexpr int chains = 10; ///< > FMA latency x pipes (4 x 2), so the pipes never wait
+/// Chains of the 512-bit loops, which have 32 registers: vpdpbusd needed more than 10 on the
+/// Xeon VM of 2026-11-29 (its int8 peak measured 547-555 GOP/s with 10, 613-617 with 12 and
+/// 724-733 with 16, the last what a hand-written loop of 12 independent vpdpbusd per iteration
+/// reached: 1.94 per cycle; the f32 FMA peak 157 -> 160-171 GFLOP/s).
+constexpr int chains_512 = 16;
 
 /// FLOP done by one call of a loop below.
 constexpr double flop_per_call_avx2 = 2.0 * 8 * chains * iterations;
-constexpr double flop_per_call_avx512 = 2.0 * 16 * chains * iterations;
+constexpr double flop_per_call_avx512 = 2.0 * 16 * chains_512 * iterations;
 constexpr double flop_per_call_scalar = 2.0 * chains * iterations;
 
 #ifdef DUET_X86
@@ -44,15 +49,15 @@ __attribute__((target("avx2,fma"))) float fma_loop_avx2() {
 }
 
 __attribute__((target("avx2,fma,avx512f"))) float fma_loop_avx512() {
-  __m512 acc[chains];
-  for (int i = 0; i < chains; ++i) acc[i] = _mm512_set1_ps(static_cast<float>(i));
+  __m512 acc[chains_512];
+  for (int i = 0; i < chains_512; ++i) acc[i] = _mm512_set1_ps(static_cast<float>(i));
   const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
   for (long k = 0; k < iterations; ++k) {
-#pragma GCC unroll 10
-    for (int i = 0; i < chains; ++i) acc[i] = _mm512_fmadd_ps(acc[i], a, b);
+#pragma GCC unroll 16
+    for (int i = 0; i < chains_512; ++i) acc[i] = _mm512_fmadd_ps(acc[i], a, b);
   }
   __m512 s = acc[0];
-  for (int i = 1; i < chains; ++i) s = _mm512_add_ps(s, acc[i]);
+  for (int i = 1; i < chains_512; ++i) s = _mm512_add_ps(s, acc[i]);
   float out[16];
   _mm512_storeu_ps(out, s);
   return out[0];
@@ -91,19 +96,19 @@ DUET_VNNI_LOOP(int8_loop_avx_vnni, "avx2,avxvnni", _mm256_dpbusd_avx_epi32)
 #undef DUET_VNNI_LOOP
 
 /// AVX512-VNNI in 512-bit registers, as the packed q8_0 kernel runs it (two 8-row groups per
-/// vpdpbusd): 64 multiply-adds per instruction, so one call is 2 x int8_mac_per_call. Measured
+/// vpdpbusd): 64 multiply-adds per instruction and chains_512 chains. Measured
 /// on this VM's EPYC, 1 thread: 848-866 GOP/s, against 420-430 for the same loop in 256-bit
 /// registers, which is what this benchmark used to report as the ceiling.
 __attribute__((target("avx2,avx512f,avx512bw,avx512vnni"))) int int8_loop_avx512_vnni() {
-  __m512i acc[chains];
-  for (int i = 0; i < chains; ++i) acc[i] = _mm512_set1_epi32(i);
+  __m512i acc[chains_512];
+  for (int i = 0; i < chains_512; ++i) acc[i] = _mm512_set1_epi32(i);
   const __m512i a = _mm512_set1_epi8(3), b = _mm512_set1_epi8(-5);
   for (long k = 0; k < iterations; ++k) {
-    _Pragma("GCC unroll 10") for (int i = 0; i < chains; ++i) acc[i] =
+    _Pragma("GCC unroll 16") for (int i = 0; i < chains_512; ++i) acc[i] =
         _mm512_dpbusd_epi32(acc[i], a, b);
   }
   __m512i s = acc[0];
-  for (int i = 1; i < chains; ++i) s = _mm512_xor_si512(s, acc[i]);
+  for (int i = 1; i < chains_512; ++i) s = _mm512_xor_si512(s, acc[i]);
   alignas(64) std::int32_t lanes[16]; // (_mm512_reduce_* trips g++ 12's -Wuninitialized)
   _mm512_store_si512(lanes, s);
   return lanes[0];
@@ -190,7 +195,7 @@ double measure_int8_gops(int threads, int repeats) {
     break;
   case engine::kernels::simd::avx512_vnni:
     loop = int8_loop_avx512_vnni;
-    macs *= 2; // 512-bit steps
+    macs = 64.0 * chains_512 * iterations; // 512-bit steps
     break;
   case engine::kernels::simd::scalar:
     return 0.0;
