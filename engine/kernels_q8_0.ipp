@@ -125,9 +125,10 @@ DUET_Q8_TARGET void tile_q8_0(const tensor_view& w, std::int64_t r0, const q8_ac
   for (int j = 0; j < NT; ++j) y[(t0 + j) * y_stride + r0 + i] = hsum(acc[i][j]);
 }
 
-/// Software pipelining of the weights when the tokens take several passes over each unit of
-/// packed groups (one group, or a pair in 512-bit registers): every pass also prefetches its
-/// share of the next unit into L2, `lines` cache lines per block, so the next unit's first pass
+/// Software pipelining of the weights when the tokens take several passes over each pair of
+/// packed groups (both at once in 512-bit registers; in 256-bit ones the first group's passes,
+/// and the second group finds the pair in cache): every pass also prefetches its share of the
+/// next pair into L2, `lines` cache lines per block, so the next unit's first pass
 /// finds its weights in cache instead of waiting on memory while only a few KiB ahead are in
 /// flight. With one pass (single-token decode) there is nothing to overlap: that pass streams,
 /// prefetching within the unit (the `prefetch` flag of the kernels). Measured (a scratch program
@@ -149,7 +150,7 @@ struct pass_prefetch {
     const std::int64_t unit_lines = (unit_bytes + 63) / 64;
     lines = static_cast<int>((unit_lines + passes * blocks - 1) / (passes * blocks));
     share_lines = lines * blocks;
-    // A unit is at least one group, 4.25 lines per block, so one share never outgrows it.
+    // A unit is a pair, 8.5 lines per block, so one share never outgrows it.
     last_share = unit_lines - share_lines;
   }
   /// The first line of pass `pass`'s share.
@@ -172,7 +173,7 @@ struct pass_prefetch {
 /// and w's sign moved onto x keep maddubs exact.
 /// `prefetch`: prefetch the records ahead (the first pass over a group streams it from memory).
 template <int NT>
-DUET_Q8_TARGET void packed_group(const std::uint8_t* group, std::int64_t blocks,
+DUET_Q8_TARGET void packed_group(const std::uint8_t* pair, int half, std::int64_t blocks,
                                  const q8_activation_block* xq, const std::int32_t* xbias, int t0,
                                  __m256* out, bool prefetch, const pass_prefetch& plan,
                                  const char* share) {
@@ -185,18 +186,19 @@ DUET_Q8_TARGET void packed_group(const std::uint8_t* group, std::int64_t blocks,
   const __m256i ones = _mm256_set1_epi16(1);
 #endif
   for (std::int64_t b = 0; b < blocks; ++b) {
-    const std::uint8_t* rec = group + b * static_cast<std::int64_t>(q8_pack_record_bytes);
+    const std::uint8_t* rec = pair + b * static_cast<std::int64_t>(q8_pack_pair_bytes);
     if (prefetch) {
       DUET_UNROLL
-      for (int l = 0; l < 5; ++l) // a record is 4.25 lines
+      for (int l = 0; l < 9; ++l) // a record is 8.5 lines, both halves (the other group's next)
         _mm_prefetch(reinterpret_cast<const char*>(rec) + prefetch_bytes + 64 * l, _MM_HINT_T0);
     }
     plan.at_block(share, b);
     __m256i wv[8];
     DUET_UNROLL
     for (int k = 0; k < 8; ++k)
-      wv[k] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + 16 + 32 * k));
-    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rec)));
+      wv[k] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec + 32 + 64 * k + 32 * half));
+    const __m256 dw =
+        _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rec + 16 * half)));
     DUET_UNROLL
     for (int j = 0; j < NT; ++j) {
       const q8_activation_block& xb = xq[(t0 + j) * blocks + b];
@@ -239,7 +241,7 @@ DUET_Q8_TARGET void packed_group(const std::uint8_t* group, std::int64_t blocks,
 /// bug 105593). The int8 peak, measured by duet bench engine on this VM's EPYC with 1 thread:
 /// 848-866 GOP/s in 512-bit registers, 420-430 in 256-bit ones.
 template <int NT>
-DUET_Q8_TARGET void packed_pair(const std::uint8_t* g0, const std::uint8_t* g1, std::int64_t blocks,
+DUET_Q8_TARGET void packed_pair(const std::uint8_t* pair, std::int64_t blocks,
                                 const q8_activation_block* xq, const std::int32_t* xbias, int t0,
                                 __m512* out, bool prefetch, const pass_prefetch& plan,
                                 const char* share) {
@@ -247,30 +249,24 @@ DUET_Q8_TARGET void packed_pair(const std::uint8_t* g0, const std::uint8_t* g1, 
   DUET_UNROLL
   for (int j = 0; j < NT; ++j) acc[j] = _mm512_setzero_ps();
   for (std::int64_t b = 0; b < blocks; ++b) {
-    const std::int64_t off = b * static_cast<std::int64_t>(q8_pack_record_bytes);
-    const std::uint8_t* r0 = g0 + off;
-    const std::uint8_t* r1 = g1 + off;
+    const std::uint8_t* rec = pair + b * static_cast<std::int64_t>(q8_pack_pair_bytes);
     if (prefetch) {
       DUET_UNROLL
-      for (int l = 0; l < 5; ++l) { // a record is 4.25 lines
-        _mm_prefetch(reinterpret_cast<const char*>(r0) + prefetch_bytes + 64 * l, _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(r1) + prefetch_bytes + 64 * l, _MM_HINT_T0);
-      }
+      for (int l = 0; l < 9; ++l) // a record is 8.5 lines
+        _mm_prefetch(reinterpret_cast<const char*>(rec) + 2 * prefetch_bytes + 64 * l, _MM_HINT_T0);
     }
     plan.at_block(share, b);
+    // 16 rows x 4 values and the 16 rows' scales, one load each (engine/q8_pack.hpp). Before,
+    // with each group's 8 rows in records of their own, two 256-bit loads and an insert per
+    // register: measured (a scratch program timing a decode step's matmuls of a stories110M
+    // q8_0 model, 32 tokens, 1 thread, the Xeon VM of 2026-11-29), a whole-register load in
+    // place of each (wrong values, the same work otherwise) 368 -> 391 GOP/s with the matrix
+    // hot, 20.5 -> 19.2 ms for the step's matmuls.
     __m512i wv[8];
     DUET_UNROLL
-    for (int k = 0; k < 8; ++k) {
-      const __m512i lo = _mm512_castsi256_si512(
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r0 + 16 + 32 * k)));
-      wv[k] = _mm512_mask_inserti64x4(
-          lo, 0xff, lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r1 + 16 + 32 * k)), 1);
-    }
+    for (int k = 0; k < 8; ++k) wv[k] = _mm512_loadu_si512(rec + 32 + 64 * k);
     const __m512 dw = _mm512_mask_cvtph_ps(
-        _mm512_setzero_ps(), 0xffff,
-        _mm256_inserti128_si256(
-            _mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r0))),
-            _mm_loadu_si128(reinterpret_cast<const __m128i*>(r1)), 1));
+        _mm512_setzero_ps(), 0xffff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec)));
     // One int32 chain per token, the tokens innermost: NT independent vpdpbusd per step of 4
     // values, in that order in the code (the chain starts from xbias). Integer sums are exact,
     // so the order changes no bit. Before: two chains per token, token after token, then an add
@@ -303,16 +299,18 @@ DUET_Q8_TARGET void packed_pair(const std::uint8_t* g0, const std::uint8_t* g1, 
 #endif
 
 /// The packed groups that hold rows of [row_begin, row_end), against all n tokens; returns the
-/// first row they do not cover (the rows past the last full group keep the file layout).
+/// first row they do not cover (the rows past the last full group keep the file layout). With
+/// 512-bit registers, pairs of groups together (packed_pair) and a group alone at either end of
+/// the range; otherwise group by group (packed_group), the two groups of a pair one after the
+/// other, the second reading the pair's records from cache.
 DUET_Q8_TARGET std::int64_t matmul_packed(const tensor_view& w, const q8_activation_block* xq,
                                           const std::int32_t* xbias, int n, float* y,
                                           std::int64_t y_stride, std::int64_t row_begin,
                                           std::int64_t row_end) {
   const std::int64_t blocks = w.cols / 32, groups = w.rows / q8_pack_rows;
   const std::int64_t g_end = std::min(groups, (row_end + q8_pack_rows - 1) / q8_pack_rows);
-  auto group_at = [&](std::int64_t g) {
-    return w.q8_packed + g * blocks * static_cast<std::int64_t>(q8_pack_record_bytes);
-  };
+  const std::int64_t pair_bytes = blocks * static_cast<std::int64_t>(q8_pack_pair_bytes);
+  auto pair_at = [&](std::int64_t p) { return w.q8_packed + p * pair_bytes; };
   // Group g's results for token t into y. A chunk boundary inside a group: the whole group is
   // computed (each row's result is its own) and only the rows of the range are stored.
   auto store = [&](std::int64_t g, int t, __m256 v) DUET_Q8_TARGET {
@@ -327,11 +325,37 @@ DUET_Q8_TARGET std::int64_t matmul_packed(const tensor_view& w, const q8_activat
   std::int64_t g = row_begin / q8_pack_rows;
   const std::int64_t g_first = g;
   const int passes = n / DUET_Q8_TILE_TOKENS + n % DUET_Q8_TILE_TOKENS;
-  const std::int64_t group_bytes = blocks * static_cast<std::int64_t>(q8_pack_record_bytes);
-  // A unit's first pass streams its weights from memory unless the unit before it (in this
-  // range) prefetched them over its passes.
-  auto streams = [&](std::int64_t unit) { return passes < 2 || unit == g_first; };
+  // The pair after group g's, for software pipelining over g's passes (pass_prefetch), if this
+  // range has a group there.
+  auto next_pair_plan = [&](std::int64_t g_last) {
+    const std::int64_t next = (g_last / 2 + 1) * 2; // the next pair's first group
+    return pass_prefetch(next < g_end ? pair_at(next / 2) : nullptr, pair_bytes, blocks, passes);
+  };
+  // A group alone: the first of its pair, or the first of the range, loads the pair (streams it
+  // from memory, unless the group before it in this range prefetched it over its passes, and
+  // prefetches the next pair over its own); the second of a pair finds its records in cache.
+  auto alone = [&](std::int64_t g) DUET_Q8_TARGET {
+    const bool loads = g % 2 == 0 || g == g_first;
+    const pass_prefetch none(nullptr, 0, blocks, passes);
+    const pass_prefetch plan = loads ? next_pair_plan(g) : none;
+    const bool stream = loads && (passes < 2 || g == g_first);
+    const std::uint8_t* pair = pair_at(g / 2);
+    const int half = static_cast<int>(g % 2);
+    int t = 0, pass = 0;
+    __m256 out[DUET_Q8_TILE_TOKENS];
+    for (; t + DUET_Q8_TILE_TOKENS <= n; t += DUET_Q8_TILE_TOKENS, ++pass) {
+      packed_group<DUET_Q8_TILE_TOKENS>(pair, half, blocks, xq, xbias, t, out, t == 0 && stream,
+                                        plan, plan.share(pass));
+      for (int j = 0; j < DUET_Q8_TILE_TOKENS; ++j) store(g, t + j, out[j]);
+    }
+    for (; t < n; ++t, ++pass) {
+      packed_group<1>(pair, half, blocks, xq, xbias, t, out, t == 0 && stream, plan,
+                      plan.share(pass));
+      store(g, t, out[0]);
+    }
+  };
 #if DUET_Q8_ZMM
+  if (g % 2 == 1 && g < g_end) alone(g++);
   for (; g + 1 < g_end; g += 2) {
     int t = 0;
     __m512 out[DUET_Q8_TILE_TOKENS];
@@ -341,40 +365,22 @@ DUET_Q8_TARGET std::int64_t matmul_packed(const tensor_view& w, const q8_activat
       store(g + 1, tok,
             _mm256_castpd_ps(_mm512_mask_extractf64x4_pd(_mm256_setzero_pd(), 0xf, d, 1)));
     };
-    const std::int64_t next_groups = std::min<std::int64_t>(2, g_end - g - 2); // a pair or one
-    const pass_prefetch plan(next_groups > 0 ? group_at(g + 2) : nullptr, next_groups * group_bytes,
-                             blocks, passes);
-    const bool stream = streams(g);
+    const pass_prefetch plan = next_pair_plan(g);
+    const bool stream = passes < 2 || g == g_first;
+    const std::uint8_t* pair = pair_at(g / 2);
     int pass = 0;
     for (; t + DUET_Q8_TILE_TOKENS <= n; t += DUET_Q8_TILE_TOKENS, ++pass) {
-      packed_pair<DUET_Q8_TILE_TOKENS>(group_at(g), group_at(g + 1), blocks, xq, xbias, t, out,
-                                       t == 0 && stream, plan, plan.share(pass));
+      packed_pair<DUET_Q8_TILE_TOKENS>(pair, blocks, xq, xbias, t, out, t == 0 && stream, plan,
+                                       plan.share(pass));
       for (int j = 0; j < DUET_Q8_TILE_TOKENS; ++j) store_pair(t + j, out[j]);
     }
     for (; t < n; ++t, ++pass) {
-      packed_pair<1>(group_at(g), group_at(g + 1), blocks, xq, xbias, t, out, t == 0 && stream,
-                     plan, plan.share(pass));
+      packed_pair<1>(pair, blocks, xq, xbias, t, out, t == 0 && stream, plan, plan.share(pass));
       store_pair(t, out[0]);
     }
   }
 #endif
-  for (; g < g_end; ++g) {
-    const std::uint8_t* group = group_at(g);
-    const pass_prefetch plan(g + 1 < g_end ? group_at(g + 1) : nullptr, group_bytes, blocks,
-                             passes);
-    const bool stream = streams(g);
-    int t = 0, pass = 0;
-    __m256 out[DUET_Q8_TILE_TOKENS];
-    for (; t + DUET_Q8_TILE_TOKENS <= n; t += DUET_Q8_TILE_TOKENS, ++pass) {
-      packed_group<DUET_Q8_TILE_TOKENS>(group, blocks, xq, xbias, t, out, t == 0 && stream, plan,
-                                        plan.share(pass));
-      for (int j = 0; j < DUET_Q8_TILE_TOKENS; ++j) store(g, t + j, out[j]);
-    }
-    for (; t < n; ++t, ++pass) {
-      packed_group<1>(group, blocks, xq, xbias, t, out, t == 0 && stream, plan, plan.share(pass));
-      store(g, t, out[0]);
-    }
-  }
+  for (; g < g_end; ++g) alone(g);
   return std::max(row_begin, std::min(row_end, groups * q8_pack_rows));
 }
 

@@ -10,22 +10,32 @@ namespace duet::engine {
 
 std::size_t q8_packed_bytes(const tensor_view& w) {
   if (w.type != dtype::q8_0 || w.rows < q8_pack_rows || w.data == nullptr) return 0;
-  return static_cast<std::size_t>(w.rows / q8_pack_rows) * static_cast<std::size_t>(w.cols / 32) *
-         q8_pack_record_bytes;
+  const auto pairs = static_cast<std::size_t>((w.rows / q8_pack_rows + 1) / 2);
+  return pairs * static_cast<std::size_t>(w.cols / 32) * q8_pack_pair_bytes;
 }
 
 void pack_q8_0(const tensor_view& w, std::uint8_t* out) {
   const std::int64_t groups = w.rows / q8_pack_rows, blocks = w.cols / 32;
-  for (std::int64_t g = 0; g < groups; ++g)
+  for (std::int64_t p = 0; p < (groups + 1) / 2; ++p)
     for (std::int64_t b = 0; b < blocks; ++b) {
-      std::uint8_t* rec = out + static_cast<std::size_t>(g * blocks + b) * q8_pack_record_bytes;
-      for (std::int64_t i = 0; i < q8_pack_rows; ++i) {
-        const auto& blk = reinterpret_cast<const q8_0_block*>(w.row(g * q8_pack_rows + i))[b];
-        std::memcpy(rec + 2 * i, &blk.d, 2);
-        for (int k = 0; k < 8; ++k)
-          for (int j = 0; j < 4; ++j)
-            rec[16 + k * 32 + i * 4 + j] =
-                static_cast<std::uint8_t>(static_cast<std::uint8_t>(blk.qs[4 * k + j]) ^ 0x80u);
+      std::uint8_t* rec = out + static_cast<std::size_t>(p * blocks + b) * q8_pack_pair_bytes;
+      for (std::int64_t h = 0; h < 2; ++h) {
+        const std::int64_t g = 2 * p + h;
+        for (std::int64_t i = 0; i < q8_pack_rows; ++i) {
+          std::uint8_t* d = rec + 2 * (8 * h + i);
+          std::uint8_t* qs = rec + 32 + 32 * h + 4 * i; // value 4k + j at qs[64 k + j]
+          if (g == groups) {                            // the padding half
+            std::memset(d, 0, 2);
+            for (int k = 0; k < 8; ++k) std::memset(qs + 64 * k, 0x80, 4);
+            continue;
+          }
+          const auto& blk = reinterpret_cast<const q8_0_block*>(w.row(g * q8_pack_rows + i))[b];
+          std::memcpy(d, &blk.d, 2);
+          for (int k = 0; k < 8; ++k)
+            for (int j = 0; j < 4; ++j)
+              qs[64 * k + j] =
+                  static_cast<std::uint8_t>(static_cast<std::uint8_t>(blk.qs[4 * k + j]) ^ 0x80u);
+        }
       }
     }
 }

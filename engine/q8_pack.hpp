@@ -10,11 +10,16 @@
 // against 4 broadcast activation bytes advances 8 rows at once, and the scaling of 8 rows is one
 // convert, one multiply and one FMA per block.
 //
-// Layout: the full groups of 8 rows (rows 8g .. 8g+7, g < rows / 8), group-major, and within a
-// group one record of q8_pack_record_bytes per 32-value block b, in block order:
-//   uint16 d[8]       the 8 rows' f16 scales of block b
-//   uint8  qs[8][8][4] qs[k][i][j] = row (8g + i), value 4k + j of block b, plus 128 (as u8)
-// 272 bytes per 8 x 32 values: exactly the file's 8 x 34, so a decode step reads the same bytes.
+// Layout: the full groups of 8 rows (rows 8g .. 8g+7, g < rows / 8) in pairs (groups 2p and
+// 2p+1), pair-major, and within a pair one record of q8_pack_pair_bytes per 32-value block b, in
+// block order:
+//   uint16 d[2][8]       d[h][i] = the f16 scale of block b of row 16p + 8h + i
+//   uint8  qs[8][2][8][4] qs[k][h][i][j] = row 16p + 8h + i, value 4k + j of block b, plus 128
+//                         (as u8)
+// So 64 bytes qs[k] are one 512-bit register of 16 rows x 4 values and d one of 16 scales, and
+// a group alone (the 256-bit kernels) is the half h of each 64 bytes. 544 bytes per 16 x 32
+// values: exactly the file's 16 x 34, so a decode step reads the same bytes. With an odd number
+// of groups the last pair's second half is padding (scales 0, values 0), which no kernel reads.
 // Rows past the last full group (rows % 8 of them) stay in the file layout and keep the
 // per-row kernels.
 
@@ -26,10 +31,10 @@
 
 namespace duet::engine {
 
-constexpr std::int64_t q8_pack_rows = 8;
-constexpr std::size_t q8_pack_record_bytes = 16 + 256;
+constexpr std::int64_t q8_pack_rows = 8;                   ///< rows per group
+constexpr std::size_t q8_pack_pair_bytes = 2 * (16 + 256); ///< a pair's record of one block
 
-/// Bytes of `w`'s packed groups (0 unless w is q8_0 with at least 8 rows).
+/// Bytes of `w`'s packed groups (0 unless w is q8_0 with at least 8 rows), padding included.
 std::size_t q8_packed_bytes(const tensor_view& w);
 
 /// Writes w's packed groups (q8_packed_bytes(w) bytes) to `out`.
