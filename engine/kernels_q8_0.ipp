@@ -267,26 +267,39 @@ DUET_Q8_TARGET void packed_pair(const std::uint8_t* pair, std::int64_t blocks,
     for (int k = 0; k < 8; ++k) wv[k] = _mm512_loadu_si512(rec + 32 + 64 * k);
     const __m512 dw = _mm512_mask_cvtph_ps(
         _mm512_setzero_ps(), 0xffff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec)));
-    // One int32 chain per token, the tokens innermost: NT independent vpdpbusd per step of 4
-    // values, in that order in the code (the chain starts from xbias). Integer sums are exact,
-    // so the order changes no bit. Before: two chains per token, token after token, then an add
-    // and a subtract of the bias. Measured (a scratch program timing kernels::matmul on a
-    // stories110M q8_0 layer, 128 tokens, best of 300, old and new alternated 3 times, the Xeon
-    // VM of 2026-11-29, 1 thread): 342-357 -> 393-406 GOP/s (int8 peak ~575). A single chain per
-    // token in the old order measured 312 (the chains' latency showed), and loading each wv[k]
-    // only where it is used 260-373.
-    __m512i isum[NT];
+    // Two int32 chains per token (the even and the odd steps of 4 values), the tokens
+    // innermost: 2 x NT independent vpdpbusd per two steps, in that order in the code (the even
+    // chain starts from xbias), then one add. Integer sums are exact, so the order changes no
+    // bit. History, measured with a scratch program timing kernels::matmul on a stories110M q8_0
+    // layer with the matrix hot, the Xeon VM of 2026-11-29, 1 thread, alternated 3 times:
+    // two chains per token, token after token, then an add and a subtract of the bias, 342-357
+    // GOP/s (128 tokens); one chain per token from xbias, tokens innermost, 393-406; a single
+    // chain in the old order 312 (the chains' latency showed); loading each wv[k] only where it
+    // is used 260-373. Eighth session (w1, 32 tokens, pairs of groups in one record): one chain
+    // per token 385-387, two 403-405 (a step's matmuls 20.4 -> 20.0 ms): with 8 chains of 8
+    // dependent vpdpbusd per block, their latency still showed (16 chains reach the peak in
+    // bench/compute_baseline.cpp).
+    __m512i isum[NT], odd[NT];
     DUET_UNROLL
-    for (int j = 0; j < NT; ++j) isum[j] = _mm512_set1_epi32(xbias[(t0 + j) * blocks + b]);
+    for (int j = 0; j < NT; ++j) {
+      isum[j] = _mm512_set1_epi32(xbias[(t0 + j) * blocks + b]);
+      odd[j] = _mm512_setzero_si512();
+    }
     DUET_UNROLL
-    for (int k = 0; k < 8; ++k) {
+    for (int k = 0; k < 8; k += 2) {
       DUET_UNROLL
       for (int j = 0; j < NT; ++j) {
-        std::int32_t x4;
-        std::memcpy(&x4, xq[(t0 + j) * blocks + b].qs + 4 * k, 4);
-        isum[j] = _mm512_dpbusd_epi32(isum[j], wv[k], _mm512_set1_epi32(x4));
+        // Each 4 bytes on their own: one 8-byte copy made g++ 12 split them in integer
+        // registers and broadcast from there (261 GOP/s instead of 404, same program).
+        std::int32_t even4, odd4;
+        std::memcpy(&even4, xq[(t0 + j) * blocks + b].qs + 4 * k, 4);
+        std::memcpy(&odd4, xq[(t0 + j) * blocks + b].qs + 4 * k + 4, 4);
+        isum[j] = _mm512_dpbusd_epi32(isum[j], wv[k], _mm512_set1_epi32(even4));
+        odd[j] = _mm512_dpbusd_epi32(odd[j], wv[k + 1], _mm512_set1_epi32(odd4));
       }
     }
+    DUET_UNROLL
+    for (int j = 0; j < NT; ++j) isum[j] = _mm512_add_epi32(isum[j], odd[j]);
     DUET_UNROLL
     for (int j = 0; j < NT; ++j)
       acc[j] =
