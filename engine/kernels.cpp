@@ -1024,8 +1024,8 @@ DUET_AVX512F void scores_block_avx512(const float* col, std::int64_t stride, int
   }
 }
 
-/// Fewest rows for which attention_rows turns K into columns: the transposition is about a
-/// quarter of 4 rows' score FMAs per position, and is done once per call.
+/// Fewest rows for which attention_rows turns K into columns: the transposition takes about as
+/// many instructions as 4 rows' score FMAs (a quarter of one per float each), once per call.
 constexpr int columns_min_rows = 8;
 
 /// Positions of K as columns at a time (attention_columns_avx512): 256 KiB per 64 of head size.

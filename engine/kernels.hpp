@@ -147,7 +147,8 @@ void attention(const float* q, const kv_cache& kv, std::span<const std::int32_t>
 /// attention() of `rows` query rows of ONE sequence at consecutive positions (a prefill chunk):
 /// row r is q + r * q_stride and attends to positions [0, n_pos0 + r), into out + r * out_stride,
 /// with scores in att + r * att_stride (>= n_pos0 + rows - 1 floats each). The same bits as
-/// attention() row by row; each K row is loaded once for several query rows.
+/// attention() row by row; each K row is loaded once for several query rows (with AVX-512 and
+/// 8 rows or more, K is turned into columns first, once per call: pass a chunk's rows together).
 void attention_rows(const float* q, std::int64_t q_stride, const kv_cache& kv,
                     std::span<const std::int32_t> table, int layer, int kv_head, int n_pos0,
                     int rows, float* att, std::int64_t att_stride, float* out,
