@@ -1028,7 +1028,7 @@ DUET_AVX512F void scores_block_avx512(const float* col, std::int64_t stride, int
 /// many instructions as 4 rows' score FMAs (a quarter of one per float each), once per call.
 constexpr int columns_min_rows = 8;
 
-/// Positions of K as columns at a time (attention_columns_avx512): 256 KiB per 64 of head size.
+/// Positions of K as columns at a time (attention_columns_avx512): ~260 KiB per 64 of head size.
 constexpr int columns_window = 1024;
 
 /// attention_rows for a prefill chunk of one head (rows >= columns_min_rows, head size a
