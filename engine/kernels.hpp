@@ -10,9 +10,10 @@
 // by d_w * d_x. That rounding of the activations is the only difference from an f32 reference
 // beyond summation order; tests/engine/kernels_test.cpp bounds it per row. It is ~2x fewer
 // instructions than dequantizing to f32, which single-sequence decode needs to get near the
-// memory roofline. Rows a tensor_view also has packed 8 at a time (tensor_view::q8_packed,
-// engine/q8_pack.hpp; the GGUF loader packs every q8_0 matrix) are multiplied from the packed
-// copy: one vpdpbusd then advances 8 rows, and the scaling of 8 rows is 3 instructions.
+// memory roofline. Rows a tensor_view also has packed 8 at a time, in pairs of such groups
+// (tensor_view::q8_packed, engine/q8_pack.hpp; the GGUF loader packs every q8_0 matrix) are
+// multiplied from the packed copy: one vpdpbusd then advances 8 rows (16 in 512-bit registers),
+// and their scaling is 3 instructions.
 //
 // Every matmul gives a (row, token) result that depends on that row and token only, bit for bit,
 // whether the token is multiplied alone or with others: a sequence's greedy tokens do not depend
