@@ -189,7 +189,7 @@ DUET_Q8_TARGET void packed_group(const std::uint8_t* pair, int half, std::int64_
     const std::uint8_t* rec = pair + b * static_cast<std::int64_t>(q8_pack_pair_bytes);
     if (prefetch) {
       DUET_UNROLL
-      for (int l = 0; l < 9; ++l) // a record is 8.5 lines, both halves (the other group's next)
+      for (int l = 0; l < 9; ++l) // the whole 8.5-line record: the pair's other group reads it next
         _mm_prefetch(reinterpret_cast<const char*>(rec) + prefetch_bytes + 64 * l, _MM_HINT_T0);
     }
     plan.at_block(share, b);
