@@ -52,6 +52,9 @@ int main(int argc, char** argv) {
   write(frames, "credit", encode_frame(credit_grant{77, 1 << 20, 1 << 20, 1 << 16, 4096, 3}));
   write(frames, "credit_keepalive",
         encode_frame(credit_grant{78, 1 << 20, 1 << 20, 1 << 16, 4096, 3, 2500}));
+  write(frames, "credit_receipts",
+        encode_frame(credit_grant{79, 1 << 20, 1 << 20, 1 << 16, 4096, 3, 2500, true}));
+  write(frames, "receipt", encode_frame(credit_grant{79, 0, 0, 0, 0, 0, 0, false, 17}));
   write(frames, "alive", encode_frame(stream_alive{78}));
   write(frames, "error", encode_frame(error_info{3, "corrupt"}));
   write(frames, "bye", encode_frame(stream_bye{}));

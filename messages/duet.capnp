@@ -86,6 +86,10 @@ struct Credit {
   windowKey @5 :UInt64;       # fabric RMA: memory registration key (0 = no RMA, tagged)
   keepaliveMs @6 :UInt32;     # first credit: an idle sender says StreamAlive at least this
                               # often, or its stream ends as dead (0 = not needed; protocol 2)
+  receipts @7 :Bool;          # first credit (fabric): this receiver sends receiptThrough as it
+                              # takes segments; the sender's flush waits for it
+  receiptThrough @8 :UInt64;  # fabric receipt: every segment of a sequence below this has
+                              # been taken (checked, accepted or rejected) by the receiver
 }
 
 # Everything that travels on a transport stream is one of these.

@@ -75,6 +75,8 @@ void fill(wire::TransportFrame::Builder root, const stream_frame& frame, capnp::
     b.setWindowAddress(c->window_address);
     b.setWindowKey(c->window_key);
     b.setKeepaliveMs(c->keepalive_ms);
+    b.setReceipts(c->receipts);
+    b.setReceiptThrough(c->receipt_through);
   } else if (auto* err = std::get_if<error_info>(&frame)) {
     auto b = root.initError();
     b.setCode(static_cast<wire::ErrorCode>(err->code));
@@ -189,7 +191,8 @@ decoded<stream_frame> decode_frame(std::span<const std::byte> bytes,
           auto c = r.getCredit();
           return stream_frame(credit_grant{c.getStreamId(), c.getGrantBytes(), c.getWindowBytes(),
                                            c.getSegmentBytesMax(), c.getWindowAddress(),
-                                           c.getWindowKey(), c.getKeepaliveMs()});
+                                           c.getWindowKey(), c.getKeepaliveMs(), c.getReceipts(),
+                                           c.getReceiptThrough()});
         }
         case wire::TransportFrame::ERROR: {
           auto e = r.getError();

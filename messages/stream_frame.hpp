@@ -61,6 +61,12 @@ struct credit_grant {
   /// First credit: an idle sender sends stream_alive at least this often, or the receiver
   /// ends its stream as dead (0: not needed).
   std::uint32_t keepalive_ms = 0;
+  /// First credit (fabric): this receiver sends receipts (receipt_through), which the sender's
+  /// flush() waits for where a completion does not mean delivery.
+  bool receipts = false;
+  /// A receipt: every segment with a sequence below this was taken by the receiver (its bytes
+  /// checked, then accepted or rejected). 0: not a receipt.
+  std::uint64_t receipt_through = 0;
 };
 
 /// An error for the peer: code numbered as transport::errc / ErrorCode, context for humans.

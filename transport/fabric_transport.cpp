@@ -13,6 +13,10 @@
 //                       data has landed: no ordering between the two is assumed), checks the
 //                       bytes in place and hands out a buffer that points into the window;
 //                       releasing it frees that part of the ring and returns credit
+//   receiver -> sender  receipt (a credit of 0 bytes with receiptThrough = the next sequence
+//                       not yet taken; every provider but shm, as the first credit says):
+//                       flush() waits for it, since tcp;ofi_rxm completes a write once its
+//                       bytes are in the kernel's socket buffer (fabric_receiver::taken)
 // (FI_DELIVERY_COMPLETE + envelope after completion was measured first: ~10x slower on shm.)
 // shm differs (fabric_endpoint::placed_on_completion): its writes carry no remote CQ data and
 // the envelope goes out when the write completes, in order (pump_once). Remote CQ data (like
@@ -740,6 +744,10 @@ struct fabric_stream {
   std::uint64_t window_bytes = 0;
   std::uint64_t head = 0; ///< virtual offset of the next expected region
   bool tagged = false;    ///< payloads arrive as tagged messages (else RMA writes)
+  /// Receipts go to its sender (every provider but shm, see fabric_receiver::taken): every
+  /// segment below receipt_through was taken; receipt_sent is what the sender was last told.
+  bool receipts = false;
+  std::uint64_t receipt_through = 0, receipt_sent = 0;
   fid_mr* mr = nullptr;
   std::shared_ptr<fabric_ring> ring;
 };
@@ -786,6 +794,7 @@ public:
     backoff wait;
     bool idle = false; // the last CQ poll found nothing
     for (;;) {
+      send_receipts();
       if (!ready_.empty()) {
         auto out = std::move(ready_.front());
         ready_.pop_front();
@@ -842,6 +851,31 @@ private:
         return r;
     }
     return {};
+  }
+
+  /// Segment `sequence` of stream `id` was taken: its bytes came and were checked, whatever
+  /// the verdict. Over every provider but shm a sender's completion does not say that its
+  /// bytes arrived (tcp;ofi_rxm completes a write once it is in the kernel's socket buffer, and
+  /// a process that exits with unread bytes in its own receive queue has its connection reset,
+  /// which drops what was not yet sent), so its flush() waits for this receipt, which
+  /// send_receipts() sends from the next pass of recv(), before a segment is returned.
+  void taken(std::uint64_t id, std::uint64_t sequence) {
+    auto it = streams_.find(id);
+    if (it == streams_.end() || !it->second.receipts) return;
+    it->second.receipt_through = std::max(it->second.receipt_through, sequence + 1);
+  }
+
+  /// Tells each sender which of its segments were taken since it was last told (one frame a
+  /// stream). A send that fails or stalls for 100 ms is not retried: that sender's flush()
+  /// then times out rather than hear a receipt it may not rely on.
+  void send_receipts() {
+    for (auto& [id, st] : streams_) {
+      if (st.receipt_through == st.receipt_sent || st.ended) continue;
+      st.receipt_sent = st.receipt_through;
+      (void)ep_.send_ctrl(st.peer,
+                          messages::credit_grant{id, 0, 0, 0, 0, 0, 0, false, st.receipt_through},
+                          std::chrono::steady_clock::now() + std::chrono::milliseconds(100));
+    }
   }
 
   /// A segment, an error for the caller, or error{ok} when a control frame was consumed.
@@ -994,6 +1028,7 @@ private:
     }
     auto start = take_region(**found, env);
     if (!start) {
+      taken(env.stream_id, env.sequence);
       discard(env);
       return start.err();
     }
@@ -1113,6 +1148,7 @@ private:
     auto found = stream_of(env.stream_id, "segment");
     if (!found) return found.err();
     auto& st = **found;
+    taken(env.stream_id, env.sequence);
     auto start = take_region(st, env);
     if (!start) return start.err();
     buffer payload = window_buffer(st.ring, *start, env.remote_offset, env.remote_length);
@@ -1124,6 +1160,7 @@ private:
   /// Tagged mode: the payload receive completed; check the bytes in place.
   result<segment> on_tagged_landed(const fabric_arrival& a) {
     const auto& env = a.env;
+    taken(env.stream_id, env.sequence);
     // The buffer frees the region whatever the verdict (dropping it returns the credit).
     const std::size_t len = a.recv->err == 0 ? a.recv->len : env.remote_length;
     buffer payload = window_buffer(a.ring, a.start, env.remote_offset, len);
@@ -1162,6 +1199,7 @@ private:
     st.peer = *peer;
     st.window_bytes = opts_.window_bytes;
     st.tagged = !ep_.rma();
+    st.receipts = ep_.flavor() != "shm"; // shm completes a write once its bytes are placed
     if (ep_.flavor() == "shm") {
       st.peer_pid = shm_endpoint_pid(hello.endpoint_name);
       if (st.peer_pid == ::getpid()) st.peer_pid = 0; // its bye comes from its destructor
@@ -1196,14 +1234,15 @@ private:
     checker_.forget_stream(st.id);
     auto id = st.id;
     auto to = st.peer;
+    const bool receipts = st.receipts;
     streams_.emplace(id, std::move(st));
     stats_.streams_open.store(streams_.size(), std::memory_order_relaxed);
     auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-    if (auto r =
-            ep_.send_ctrl(to,
-                          messages::credit_grant{id, opts_.window_bytes, opts_.window_bytes,
-                                                 opts_.segment_bytes_max, addr, key, keepalive_ms},
-                          deadline);
+    if (auto r = ep_.send_ctrl(to,
+                               messages::credit_grant{id, opts_.window_bytes, opts_.window_bytes,
+                                                      opts_.segment_bytes_max, addr, key,
+                                                      keepalive_ms, receipts},
+                               deadline);
         !r)
       return r.err();
     return error{errc::ok, {}};
@@ -1403,6 +1442,19 @@ public:
         return fail(errc::timeout, name_ + ": " + std::to_string(writes_.size()) +
                                        " payload transfers not completed within " +
                                        std::to_string(timeout.count()) + " ms");
+      wait.pause();
+    }
+    // Where the receiver sends receipts (every provider but shm), a completion did not say the
+    // bytes arrived: wait until it has taken every segment (fabric_receiver::taken).
+    while (receipts_ && receipt_through_ < sequence_) {
+      if (auto r = pump_once(); !r) return r;
+      if (refused_.code != errc::ok) return refused_;
+      if (receipt_through_ >= sequence_) break;
+      if (std::chrono::steady_clock::now() > deadline)
+        return fail(errc::timeout, name_ + ": the receiver had not taken " +
+                                       std::to_string(sequence_ - receipt_through_) +
+                                       " segment(s) within " + std::to_string(timeout.count()) +
+                                       " ms (a receiver takes them in recv())");
       wait.pause();
     }
     return {};
@@ -1672,9 +1724,11 @@ private:
           receiver_max_ = c->segment_bytes_max;
           window_address_ = c->window_address;
           window_key_ = c->window_key;
+          receipts_ = c->receipts;
           choose_mode();
         }
         credit_ += c->grant_bytes;
+        receipt_through_ = std::max(receipt_through_, c->receipt_through);
       }
     });
     if (!n) return n.err();
@@ -1755,8 +1809,10 @@ private:
   std::uint64_t sequence_ = 0;
   std::uint64_t window_ = 0, credit_ = 0, receiver_max_ = 0, head_ = 0;
   std::uint64_t window_address_ = 0, window_key_ = 0;
-  bool tagged_ = false;  ///< payloads go as tagged messages (the receiver's choice)
-  std::string mismatch_; ///< why this sender cannot follow the receiver's mode
+  bool tagged_ = false;   ///< payloads go as tagged messages (the receiver's choice)
+  bool receipts_ = false; ///< the receiver sends receipts (its first credit says): flush waits
+  std::uint64_t receipt_through_ = 0; ///< the receiver took every segment below this sequence
+  std::string mismatch_;              ///< why this sender cannot follow the receiver's mode
   bool mismatch_told_ = false;
   error refused_{errc::ok, {}};            ///< the receiver refused this stream (error frame), why
   std::chrono::milliseconds keepalive_{0}; ///< say this sender lives this often (0: never)

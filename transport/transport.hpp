@@ -151,9 +151,11 @@ public:
   virtual result<void> send(segment seg, milliseconds timeout) = 0;
 
   /// Waits until every segment sent so far has left this process for good, so that the
-  /// process may exit at once (fabric: the write or send and its envelope done, on
-  /// udp;ofi_rxd acknowledged by the receiver's provider; zmq: written to the socket;
-  /// inproc: queued). Errors as for send().
+  /// process may exit at once. fabric: the write or send and its envelope done, and, over
+  /// every provider but shm (whose completion means the bytes are placed), the receiver's
+  /// receipt for each segment, which it sends from recv() once it has taken the segment (a
+  /// receiver that does not call recv() leaves flush() to time out); zmq: written to the
+  /// socket; inproc: queued. Errors as for send().
   virtual result<void> flush(milliseconds timeout) = 0;
 
   /// Payload bytes sent and not yet released by the receiver (<= the receiver's window).

@@ -126,6 +126,12 @@ TEST_CASE("hello, credit, error and bye frames round trip") {
   auto d7 = decode_frame(encode_frame(credit_grant{1, 2, 3, 4, 5, 6, 2500}), 1024);
   REQUIRE(d7.ok());
   CHECK(std::get<credit_grant>(*d7).keepalive_ms == 2500);
+  CHECK_FALSE(std::get<credit_grant>(*d7).receipts);
+  CHECK(std::get<credit_grant>(*d7).receipt_through == 0);
+  auto d8 = decode_frame(encode_frame(credit_grant{1, 0, 0, 0, 0, 0, 0, true, 0x1234567890}), 1024);
+  REQUIRE(d8.ok());
+  CHECK(std::get<credit_grant>(*d8).receipts);
+  CHECK(std::get<credit_grant>(*d8).receipt_through == 0x1234567890);
   // Protocol 1 (no keepalives) is still read; an unknown version is not.
   CHECK(decode_frame(encode_frame(stream_hello{1, 9, {}}), 1024).ok());
   CHECK(decode_frame(encode_frame(stream_hello{2, 9, {}}), 1024).ok());
