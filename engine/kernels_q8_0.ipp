@@ -248,7 +248,59 @@ DUET_Q8_TARGET void packed_pair(const std::uint8_t* pair, std::int64_t blocks,
   __m512 acc[NT];
   DUET_UNROLL
   for (int j = 0; j < NT; ++j) acc[j] = _mm512_setzero_ps();
-  for (std::int64_t b = 0; b < blocks; ++b) {
+  // Blocks two at a time: one int32 chain per (block, token), the two blocks' chains
+  // interleaved (2 x NT independent chains of 8 vpdpbusd, no add to join two halves), then the
+  // float steps of block b and of block b + 1, in that order: the same bits as one block at a
+  // time (the loop below, which takes an odd last block). Each weight register is loaded where
+  // it is used (two live at a time, not 16). Measured (scratch programs, stories110M q8_0, 1
+  // thread, the Xeon VM of 2026-11-29, alternated 3 times): one hot matrix, 32 tokens, w1
+  // 387-409 -> 434-435 GOP/s, 64 tokens, w2 390-395 -> 435-439; a 512-token prefill 1263-1313
+  // -> 1302-1368 tok/s; 16 steps of 32 sequences 838-880 -> 845-903 tok/s.
+  std::int64_t b = 0;
+  for (; b + 2 <= blocks; b += 2) {
+    const std::uint8_t* rec = pair + b * static_cast<std::int64_t>(q8_pack_pair_bytes);
+    const std::uint8_t* rec1 = rec + q8_pack_pair_bytes;
+    if (prefetch) {
+      DUET_UNROLL
+      for (int l = 0; l < 17; ++l) // two records, 17 lines
+        _mm_prefetch(reinterpret_cast<const char*>(rec) + 2 * prefetch_bytes + 64 * l, _MM_HINT_T0);
+    }
+    plan.at_block(share, b);
+    plan.at_block(share, b + 1);
+    __m512i sa[NT], sb[NT]; // block b's and block b + 1's sums, from their xbias
+    DUET_UNROLL
+    for (int j = 0; j < NT; ++j) {
+      sa[j] = _mm512_set1_epi32(xbias[(t0 + j) * blocks + b]);
+      sb[j] = _mm512_set1_epi32(xbias[(t0 + j) * blocks + b + 1]);
+    }
+    DUET_UNROLL
+    for (int k = 0; k < 8; ++k) {
+      const __m512i w0 = _mm512_loadu_si512(rec + 32 + 64 * k);
+      const __m512i w1 = _mm512_loadu_si512(rec1 + 32 + 64 * k);
+      DUET_UNROLL
+      for (int j = 0; j < NT; ++j) {
+        std::int32_t x0, x1;
+        std::memcpy(&x0, xq[(t0 + j) * blocks + b].qs + 4 * k, 4);
+        std::memcpy(&x1, xq[(t0 + j) * blocks + b + 1].qs + 4 * k, 4);
+        sa[j] = _mm512_dpbusd_epi32(sa[j], w0, _mm512_set1_epi32(x0));
+        sb[j] = _mm512_dpbusd_epi32(sb[j], w1, _mm512_set1_epi32(x1));
+      }
+    }
+    const __m512 dw0 = _mm512_mask_cvtph_ps(
+        _mm512_setzero_ps(), 0xffff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec)));
+    const __m512 dw1 = _mm512_mask_cvtph_ps(
+        _mm512_setzero_ps(), 0xffff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec1)));
+    DUET_UNROLL
+    for (int j = 0; j < NT; ++j) {
+      acc[j] =
+          _mm512_fmadd_ps(_mm512_mask_cvtepi32_ps(_mm512_setzero_ps(), 0xffff, sa[j]),
+                          _mm512_mul_ps(dw0, _mm512_set1_ps(xq[(t0 + j) * blocks + b].d)), acc[j]);
+      acc[j] = _mm512_fmadd_ps(_mm512_mask_cvtepi32_ps(_mm512_setzero_ps(), 0xffff, sb[j]),
+                               _mm512_mul_ps(dw1, _mm512_set1_ps(xq[(t0 + j) * blocks + b + 1].d)),
+                               acc[j]);
+    }
+  }
+  for (; b < blocks; ++b) {
     const std::uint8_t* rec = pair + b * static_cast<std::int64_t>(q8_pack_pair_bytes);
     if (prefetch) {
       DUET_UNROLL
@@ -267,18 +319,19 @@ DUET_Q8_TARGET void packed_pair(const std::uint8_t* pair, std::int64_t blocks,
     for (int k = 0; k < 8; ++k) wv[k] = _mm512_loadu_si512(rec + 32 + 64 * k);
     const __m512 dw = _mm512_mask_cvtph_ps(
         _mm512_setzero_ps(), 0xffff, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rec)));
-    // Two int32 chains per token (the even and the odd steps of 4 values), the tokens
-    // innermost: 2 x NT independent vpdpbusd per two steps, in that order in the code (the even
-    // chain starts from xbias), then one add. Integer sums are exact, so the order changes no
-    // bit. History, measured with a scratch program timing kernels::matmul on a stories110M q8_0
-    // layer with the matrix hot, the Xeon VM of 2026-11-29, 1 thread, alternated 3 times:
-    // two chains per token, token after token, then an add and a subtract of the bias, 342-357
-    // GOP/s (128 tokens); one chain per token from xbias, tokens innermost, 393-406; a single
-    // chain in the old order 312 (the chains' latency showed); loading each wv[k] only where it
-    // is used 260-373. Eighth session (w1, 32 tokens, pairs of groups in one record): one chain
-    // per token 385-387, two 403-405 (a step's matmuls 20.4 -> 20.0 ms): with 8 chains of 8
-    // dependent vpdpbusd per block, their latency still showed (16 chains reach the peak in
-    // bench/compute_baseline.cpp).
+    // An odd last block: two int32 chains per token (the even and the odd steps of 4 values),
+    // the tokens innermost: 2 x NT independent vpdpbusd per two steps, in that order in the code
+    // (the even chain starts from xbias), then one add. Integer sums are exact, so the order
+    // changes no bit. History, measured with a scratch program timing kernels::matmul on a
+    // stories110M q8_0 layer with the matrix hot, the Xeon VM of 2026-11-29, 1 thread, alternated 3
+    // times: two chains per token, token after token, then an add and a subtract of the bias,
+    // 342-357 GOP/s (128 tokens); one chain per token from xbias, tokens innermost, 393-406; a
+    // single chain in the old order 312 (the chains' latency showed); loading each wv[k] only where
+    // it is used 260-373 (one block at a time; in the two-block loop above it is what fits the
+    // registers, and that loop measured faster). Eighth session (w1, 32 tokens, pairs of groups in
+    // one record): one chain per token 385-387, two 403-405 (a step's matmuls 20.4 -> 20.0 ms):
+    // with 8 chains of 8 dependent vpdpbusd per block, their latency still showed (16 chains reach
+    // the peak in bench/compute_baseline.cpp).
     __m512i isum[NT], odd[NT];
     DUET_UNROLL
     for (int j = 0; j < NT; ++j) {

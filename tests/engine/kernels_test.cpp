@@ -232,8 +232,9 @@ TEST_CASE("q8_0 matmul gives bit-identical results with and without VNNI") {
   std::mt19937 rng(test_seed());
   INFO("seed " << test_seed() << " (set DUET_TEST_SEED to replay)");
   // 45 rows: 5 packed groups (the 512-bit kernel takes two at a time: two pairs, then one
-  // alone), then 5 rows in the file layout
-  const int rows = 45, cols = 320;
+  // alone), then 5 rows in the file layout. 11 blocks a row: the 512-bit kernel takes blocks
+  // two at a time, then the last one alone.
+  const int rows = 45, cols = 352;
   auto file_layout = make_weights(dtype::q8_0, rows, cols, rng), packed = file_layout;
   packed.view.data = packed.bytes.data();
   pack(packed);
