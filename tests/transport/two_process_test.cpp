@@ -115,7 +115,7 @@ TEST_CASE("a sender that exits the moment flush() returns has delivered every se
   // injected envelope lost on udp while its write completed): loopback seldom drops a
   // datagram, and the build before the fix passed it 8 times out of 8. Before receipts it
   // failed over fabric+tcp in 7 of 30 runs beside two busy loops (the 1 MiB segment lost: a
-  // connection reset at exit drops what the socket had not sent); with them, in 0 of 30.
+  // connection reset at exit drops what the socket had not sent); with them, in 0 of 60.
   auto c = GENERATE(from_range(remote_addresses()));
   INFO(c);
   const std::vector<std::size_t> sizes{1 << 10, 64 << 10, 1 << 20, 4 << 10, 256 << 10};
