@@ -1291,7 +1291,11 @@ public:
   explicit fabric_sender(const options& opts) : opts_(opts) {}
 
   ~fabric_sender() override {
-    (void)flush(std::chrono::milliseconds(1000));
+    // A sender whose send() failed (its receiver dead, silent or refusing) has nothing left to
+    // wait for; otherwise the receipts may take as long as the receiver's user takes to call
+    // recv(), but a receiver that has died sends none: give up after 200 ms without one.
+    if (!failed_)
+      (void)flush_until(std::chrono::milliseconds(1000), std::chrono::milliseconds(200));
     {
       std::lock_guard lock(mu_);
       stop_ = true;
@@ -1338,6 +1342,21 @@ public:
   }
 
   result<void> send(segment seg, milliseconds timeout) override {
+    auto r = send_segment(std::move(seg), timeout);
+    failed_ |= !r.ok();
+    return r;
+  }
+
+  result<void> flush(milliseconds timeout) override { return flush_until(timeout, timeout); }
+
+  std::size_t in_flight_bytes() const override {
+    std::lock_guard lock(mu_);
+    return window_ - credit_;
+  }
+  const counters& stats() const override { return stats_; }
+
+private:
+  result<void> send_segment(segment seg, milliseconds timeout) {
     auto deadline = std::chrono::steady_clock::now() + timeout;
     call_guard call(*this);
     if (auto r = take_deferred(); !r) return r;
@@ -1430,7 +1449,9 @@ public:
     return {};
   }
 
-  result<void> flush(milliseconds timeout) override {
+  /// flush(): the completions within `timeout`, then the receipts, giving up also once
+  /// `patience` passes without a new one.
+  result<void> flush_until(milliseconds timeout, milliseconds patience) {
     auto deadline = std::chrono::steady_clock::now() + timeout;
     call_guard call(*this);
     if (auto r = take_deferred(); !r) return r;
@@ -1446,27 +1467,30 @@ public:
     }
     // Where the receiver sends receipts (every provider but shm), a completion did not say the
     // bytes arrived: wait until it has taken every segment (fabric_receiver::taken).
+    auto heard_at = std::chrono::steady_clock::now();
+    auto heard = receipt_through_;
     while (receipts_ && receipt_through_ < sequence_) {
       if (auto r = pump_once(); !r) return r;
       if (refused_.code != errc::ok) return refused_;
       if (receipt_through_ >= sequence_) break;
-      if (std::chrono::steady_clock::now() > deadline)
-        return fail(errc::timeout, name_ + ": the receiver had not taken " +
-                                       std::to_string(sequence_ - receipt_through_) +
-                                       " segment(s) within " + std::to_string(timeout.count()) +
-                                       " ms (a receiver takes them in recv())");
+      const auto now = std::chrono::steady_clock::now();
+      if (receipt_through_ != heard) {
+        heard = receipt_through_;
+        heard_at = now;
+      }
+      if (now > deadline || now - heard_at > patience)
+        return fail(errc::timeout,
+                    name_ + ": the receiver had not taken " +
+                        std::to_string(sequence_ - receipt_through_) + " segment(s) " +
+                        (now > deadline ? "within " + std::to_string(timeout.count()) + " ms"
+                                        : "after " + std::to_string(patience.count()) +
+                                              " ms without a receipt") +
+                        " (a receiver takes them in recv())");
       wait.pause();
     }
     return {};
   }
 
-  std::size_t in_flight_bytes() const override {
-    std::lock_guard lock(mu_);
-    return window_ - credit_;
-  }
-  const counters& stats() const override { return stats_; }
-
-private:
   /// RMA writes posted and not yet reaped, at most (each holds its payload alive; the CQ,
   /// 1024 entries, must have room for all their completions and the control frames).
   static constexpr std::size_t writes_in_flight_max = 64;
@@ -1811,6 +1835,7 @@ private:
   std::uint64_t window_address_ = 0, window_key_ = 0;
   bool tagged_ = false;   ///< payloads go as tagged messages (the receiver's choice)
   bool receipts_ = false; ///< the receiver sends receipts (its first credit says): flush waits
+  bool failed_ = false;   ///< a send() failed: the destructor does not flush
   std::uint64_t receipt_through_ = 0; ///< the receiver took every segment below this sequence
   std::string mismatch_;              ///< why this sender cannot follow the receiver's mode
   bool mismatch_told_ = false;
