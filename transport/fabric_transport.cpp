@@ -853,22 +853,23 @@ private:
     return {};
   }
 
-  /// Segment `sequence` of stream `id` was taken: its bytes came and were checked, whatever
+  /// Segment `sequence` of stream `st` was taken: its bytes came and were checked, whatever
   /// the verdict. Over every provider but shm a sender's completion does not say that its
   /// bytes arrived (tcp;ofi_rxm completes a write once it is in the kernel's socket buffer, and
   /// a process that exits with unread bytes in its own receive queue has its connection reset,
   /// which drops what was not yet sent), so its flush() waits for this receipt, which
   /// send_receipts() sends from the next pass of recv(), before a segment is returned.
-  void taken(std::uint64_t id, std::uint64_t sequence) {
-    auto it = streams_.find(id);
-    if (it == streams_.end() || !it->second.receipts) return;
-    it->second.receipt_through = std::max(it->second.receipt_through, sequence + 1);
+  void taken(fabric_stream& st, std::uint64_t sequence) {
+    if (!st.receipts || sequence < st.receipt_through) return;
+    st.receipt_through = sequence + 1;
+    receipts_due_ = true;
   }
 
   /// Tells each sender which of its segments were taken since it was last told (one frame a
   /// stream). A send that fails or stalls for 100 ms is not retried: that sender's flush()
   /// then times out rather than hear a receipt it may not rely on.
   void send_receipts() {
+    if (!std::exchange(receipts_due_, false)) return;
     for (auto& [id, st] : streams_) {
       if (st.receipt_through == st.receipt_sent || st.ended) continue;
       st.receipt_sent = st.receipt_through;
@@ -1028,7 +1029,7 @@ private:
     }
     auto start = take_region(**found, env);
     if (!start) {
-      taken(env.stream_id, env.sequence);
+      taken(**found, env.sequence);
       discard(env);
       return start.err();
     }
@@ -1148,7 +1149,7 @@ private:
     auto found = stream_of(env.stream_id, "segment");
     if (!found) return found.err();
     auto& st = **found;
-    taken(env.stream_id, env.sequence);
+    taken(st, env.sequence);
     auto start = take_region(st, env);
     if (!start) return start.err();
     buffer payload = window_buffer(st.ring, *start, env.remote_offset, env.remote_length);
@@ -1160,7 +1161,8 @@ private:
   /// Tagged mode: the payload receive completed; check the bytes in place.
   result<segment> on_tagged_landed(const fabric_arrival& a) {
     const auto& env = a.env;
-    taken(env.stream_id, env.sequence);
+    if (auto it = streams_.find(env.stream_id); it != streams_.end())
+      taken(it->second, env.sequence);
     // The buffer frees the region whatever the verdict (dropping it returns the credit).
     const std::size_t len = a.recv->err == 0 ? a.recv->len : env.remote_length;
     buffer payload = window_buffer(a.ring, a.start, env.remote_offset, len);
@@ -1254,7 +1256,8 @@ private:
   arrival_checker checker_;
   counters stats_;
   std::map<std::uint64_t, fabric_stream> streams_;
-  std::size_t ended_ = 0; ///< streams whose senders said bye, not yet freed
+  std::size_t ended_ = 0;     ///< streams whose senders said bye, not yet freed
+  bool receipts_due_ = false; ///< some stream took segments its sender has not been told of
   std::chrono::steady_clock::time_point next_sender_check_{};
   /// Arrivals already read from the CQ (one poll may complete several), in order.
   std::deque<result<segment>> ready_;
