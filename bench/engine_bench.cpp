@@ -7,6 +7,7 @@
 #include "engine/kernels.hpp"
 #include "engine/kv_cache.hpp"
 #include "engine/model_file.hpp"
+#include "engine/sampler.hpp"
 
 #include <fmt/core.h>
 
@@ -234,11 +235,10 @@ engine_bench_result run_engine_bench(const engine_bench_options& o) {
         if (s == o.warmup_steps) t0 = clock_type::now();
         run.decode_batch(kv, items, logits);
         for (std::size_t i = 0; i < items.size(); ++i) {
-          // greedy next token keeps the work realistic; positions advance together
-          items[i].token = static_cast<int>(
-              std::max_element(logits.begin() + static_cast<std::ptrdiff_t>(i) * c.vocab_size,
-                               logits.begin() + static_cast<std::ptrdiff_t>(i + 1) * c.vocab_size) -
-              (logits.begin() + static_cast<std::ptrdiff_t>(i) * c.vocab_size));
+          // The greedy next token, as a decode lane picks it, keeps the work realistic;
+          // positions advance together.
+          items[i].token = engine::sample_argmax(std::span<const float>(logits).subspan(
+              i * static_cast<std::size_t>(c.vocab_size), static_cast<std::size_t>(c.vocab_size)));
           ++items[i].pos;
         }
       }

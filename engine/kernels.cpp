@@ -548,7 +548,7 @@ DUET_AVX2 inline float max_avx2(const float* x, int size) {
   int i = 0;
   if (size >= 8) {
     __m256 m = _mm256_loadu_ps(x);
-    for (i = 8; i + 8 <= size; i += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + i));
+    for (i = 8; i + 8 <= size; i += 8) m = _mm256_max_ps(_mm256_loadu_ps(x + i), m);
     __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
     h = _mm_max_ps(h, _mm_movehl_ps(h, h));
     max_val = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
@@ -581,6 +581,30 @@ DUET_AVX2 void softmax_avx2(float* x, int size) {
   i = 0;
   for (; i + 8 <= size; i += 8) _mm256_storeu_ps(x + i, _mm256_div_ps(_mm256_loadu_ps(x + i), sv));
   for (; i < size; ++i) x[i] /= sum;
+}
+
+/// argmax() 8 lanes at a time: the largest value, skipping NaNs (_mm256_max_ps returns its second
+/// operand, the running maximum, where the first is NaN), then the first index holding a value
+/// equal to it (+0 and -0 compare equal, as the scalar loop, which never moves from one to the
+/// other, treats them).
+DUET_AVX2 int argmax_avx2(const float* x, int size) {
+  if (std::isnan(x[0])) return 0;
+  __m256 m = _mm256_set1_ps(x[0]);
+  int i = 0;
+  for (; i + 8 <= size; i += 8) m = _mm256_max_ps(_mm256_loadu_ps(x + i), m);
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  float best = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+  for (; i < size; ++i)
+    if (x[i] > best) best = x[i];
+  const __m256 b = _mm256_set1_ps(best);
+  for (i = 0; i + 8 <= size; i += 8) {
+    const int eq = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i), b, _CMP_EQ_OQ));
+    if (eq != 0) return i + __builtin_ctz(static_cast<unsigned>(eq));
+  }
+  for (; i < size; ++i)
+    if (x[i] == best) return i;
+  return 0; // not reached: best is one of the values
 }
 
 /// x[0..8) = e^x[0..8) (for exp_rows, which the tests use to check exp_avx2).
@@ -1335,6 +1359,16 @@ void rmsnorm_rows(float* out, const float* x, std::int64_t stride, int rows, con
       rmsnorm_scale(out + (r + k) * stride, x + (r + k) * stride, weight, size, eps, sums[k]);
   }
   for (; r < rows; ++r) rmsnorm(out + r * stride, x + r * stride, weight, size, eps);
+}
+
+int argmax(const float* x, int size) {
+#ifdef DUET_X86
+  if (use_simd()) return argmax_avx2(x, size);
+#endif
+  int best = 0;
+  for (int i = 1; i < size; ++i)
+    if (x[i] > x[best]) best = i;
+  return best;
 }
 
 void softmax(float* x, int size) {

@@ -122,6 +122,14 @@ void rmsnorm_rows(float* out, const float* x, std::int64_t stride, int rows, con
 /// lanes at a time (exp_rows), within 2 ulp of expf, and sum in 8 partial sums.
 void softmax(float* x, int size);
 
+/// Index of the largest of x[0..size) (size >= 1), the lowest on ties: the same index as run.c's
+/// argmax loop (`if (x[i] > x[best]) best = i`), NaNs included (none is larger than anything, so
+/// one never wins unless it is x[0]: then nothing is larger and 0 is the answer). The SIMD levels
+/// find the largest value 8 lanes at a time, then its first index: that loop is one
+/// load-compare-select chain per value, ~2 ms of a 32-sequence decode step over a 32,000-token
+/// vocabulary.
+int argmax(const float* x, int size);
+
 /// SwiGLU's gate: h1[i] = silu(h1[i]) * h3[i], silu(v) = v / (1 + e^-v) as run.c computes it
 /// (v * (1 / (1 + e^-v))), e^x as exp_rows.
 void silu_mul(float* h1, const float* h3, int size);

@@ -11,10 +11,7 @@ namespace duet::engine {
 
 int sample_argmax(std::span<const float> logits) {
   if (logits.empty()) return -1;
-  int best = 0;
-  for (std::size_t i = 1; i < logits.size(); ++i)
-    if (logits[i] > logits[static_cast<std::size_t>(best)]) best = static_cast<int>(i);
-  return best;
+  return kernels::argmax(logits.data(), static_cast<int>(logits.size()));
 }
 
 sampler::sampler(const sampler_config& config, int vocab_size)

@@ -14,7 +14,9 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <random>
+#include <sstream>
 #include <vector>
 
 using namespace duet::engine;
@@ -293,6 +295,51 @@ TEST_CASE("exp_rows is within 2 ulp of std::exp on every level") {
   }
   INFO("worst error " << worst << " ulp");
   CHECK(worst <= 2.0);
+  kernels::set_simd_limit(kernels::best_simd());
+}
+
+TEST_CASE("argmax returns run.c's index at every SIMD level: ties, NaN, signed zeros, infinities") {
+  // run.c's loop, the reference.
+  auto reference = [](const std::vector<float>& x) {
+    int best = 0;
+    for (int i = 1; i < static_cast<int>(x.size()); ++i)
+      if (x[static_cast<std::size_t>(i)] > x[static_cast<std::size_t>(best)]) best = i;
+    return best;
+  };
+  const float nan = std::numeric_limits<float>::quiet_NaN(),
+              inf = std::numeric_limits<float>::infinity();
+  std::mt19937 rng(test_seed());
+  INFO("seed " << test_seed());
+  // Values from a small set, so that ties (and ties between +0 and -0) are common.
+  const std::vector<float> palette = {-3.0f, -1.0f, -0.0f, 0.0f, 0.5f, 2.0f, 7.0f, -inf, inf, nan};
+  std::vector<std::vector<float>> cases = {
+      {nan, 1.0f, 2.0f},                                   // NaN first: nothing is larger, 0
+      {1.0f, nan, 2.0f, nan},                              // a later NaN never wins
+      {-0.0f, 0.0f, -0.0f},                                // +0 is not larger than -0
+      {-inf, -inf, -inf},                                  // all equal: the first
+      {-inf, nan, nan, nan, nan, nan, nan, nan, nan, nan}, // only NaNs after x[0]
+  };
+  for (int size : {1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 100, 512, 32000}) {
+    for (int trial = 0; trial < 20; ++trial) {
+      std::vector<float> x(static_cast<std::size_t>(size));
+      std::uniform_int_distribution<std::size_t> pick(0, trial < 10 ? palette.size() - 1
+                                                                    : palette.size() - 4);
+      std::normal_distribution<float> dist(0.0f, 3.0f);
+      for (auto& v : x) v = trial % 2 == 0 ? palette[pick(rng)] : dist(rng);
+      cases.push_back(std::move(x));
+    }
+  }
+  for (auto level : {kernels::simd::scalar, kernels::simd::avx2, kernels::simd::avx_vnni,
+                     kernels::simd::avx512_vnni}) {
+    kernels::set_simd_limit(level);
+    for (const auto& x : cases) {
+      INFO(kernels::simd_level() << ", " << x.size() << " values");
+      std::ostringstream shown; // the values themselves where they are few
+      for (std::size_t i = 0; i < x.size() && x.size() <= 16; ++i) shown << x[i] << ' ';
+      INFO(shown.str());
+      CHECK(kernels::argmax(x.data(), static_cast<int>(x.size())) == reference(x));
+    }
+  }
   kernels::set_simd_limit(kernels::best_simd());
 }
 
