@@ -250,12 +250,8 @@ void runner::layers_chunk(kv_cache& kv, int n, int first_layer, int last_layer, 
       std::byte* kr = kv.k_row(table, l, pos);
       std::byte* vr = kv.v_row(table, l, pos);
       if (f16_kv) {
-        auto* kh = reinterpret_cast<std::uint16_t*>(kr);
-        auto* vh = reinterpret_cast<std::uint16_t*>(vr);
-        for (int j = 0; j < KV; ++j) {
-          kh[j] = f32_to_f16(q[D + j]);
-          vh[j] = f32_to_f16(q[D + KV + j]);
-        }
+        kernels::f32_to_f16_row(q + D, reinterpret_cast<std::uint16_t*>(kr), KV);
+        kernels::f32_to_f16_row(q + D + KV, reinterpret_cast<std::uint16_t*>(vr), KV);
       } else {
         std::memcpy(kr, q + D, static_cast<std::size_t>(KV) * 4);
         std::memcpy(vr, q + D + KV, static_cast<std::size_t>(KV) * 4);

@@ -607,6 +607,24 @@ DUET_AVX2 int argmax_avx2(const float* x, int size) {
   return 0; // not reached: best is one of the values
 }
 
+/// f32_to_f16_row 8 values at a time; returns how many it did. VCVTPS2PH rounds as f32_to_f16
+/// does (to nearest even, from the immediate; MXCSR is not read) and keeps a NaN's payload,
+/// which f32_to_f16 drops: NaN lanes are set to the quiet NaN of their sign.
+DUET_AVX2 int f32_to_f16_avx2(const float* x, std::uint16_t* out, int n) {
+  const __m128i quiet = _mm_set1_epi16(0x7e00), sign = _mm_set1_epi16(static_cast<short>(0x8000));
+  int i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 v = _mm256_loadu_ps(x + i);
+    const __m128i h = _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256 nan32 = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+    const __m128i nan16 = _mm_packs_epi32(_mm256_castsi256_si128(_mm256_castps_si256(nan32)),
+                                          _mm256_extractf128_si256(_mm256_castps_si256(nan32), 1));
+    const __m128i canonical = _mm_or_si128(_mm_and_si128(h, sign), quiet);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i), _mm_blendv_epi8(h, canonical, nan16));
+  }
+  return i;
+}
+
 /// x[0..8) = e^x[0..8) (for exp_rows, which the tests use to check exp_avx2).
 DUET_AVX2 void store_exp_avx2(float* x) {
   _mm256_storeu_ps(x, exp_avx2(_mm256_loadu_ps(x)));
@@ -1359,6 +1377,14 @@ void rmsnorm_rows(float* out, const float* x, std::int64_t stride, int rows, con
       rmsnorm_scale(out + (r + k) * stride, x + (r + k) * stride, weight, size, eps, sums[k]);
   }
   for (; r < rows; ++r) rmsnorm(out + r * stride, x + r * stride, weight, size, eps);
+}
+
+void f32_to_f16_row(const float* x, std::uint16_t* out, int n) {
+  int i = 0;
+#ifdef DUET_X86
+  if (use_simd()) i = f32_to_f16_avx2(x, out, n);
+#endif
+  for (; i < n; ++i) out[i] = f32_to_f16(x[i]);
 }
 
 int argmax(const float* x, int size) {

@@ -11,6 +11,7 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -295,6 +296,44 @@ TEST_CASE("exp_rows is within 2 ulp of std::exp on every level") {
   }
   INFO("worst error " << worst << " ulp");
   CHECK(worst <= 2.0);
+  kernels::set_simd_limit(kernels::best_simd());
+}
+
+TEST_CASE("f32_to_f16_row is f32_to_f16 bit for bit at every SIMD level") {
+  // Bit patterns across every exponent (normals, subnormals of both formats, overflow, rounding
+  // ties, infinities, NaNs with payloads), then odd lengths for the tails.
+  std::vector<float> x;
+  for (std::uint64_t u = 0; u <= 0xffffffffull; u += 65521)
+    x.push_back(std::bit_cast<float>(static_cast<std::uint32_t>(u)));
+  for (std::uint32_t u :
+       {0x00000000u, 0x80000000u, 0x7f800000u, 0xff800000u, 0x7fc00000u, 0xffc00001u, 0x7f800001u,
+        0x477ff000u, 0x477fefffu, 0x38800000u, 0x387fffffu, 0x33000000u, 0x33000001u, 0x32ffffffu,
+        0x3f801000u, 0x3f803000u})
+    x.push_back(std::bit_cast<float>(u));
+  std::vector<std::uint16_t> want(x.size());
+  for (std::size_t i = 0; i < x.size(); ++i) want[i] = f32_to_f16(x[i]);
+  for (auto level : {kernels::simd::scalar, kernels::simd::avx2, kernels::simd::avx_vnni,
+                     kernels::simd::avx512_vnni}) {
+    kernels::set_simd_limit(level);
+    INFO(kernels::simd_level());
+    std::vector<std::uint16_t> got(x.size());
+    kernels::f32_to_f16_row(x.data(), got.data(), static_cast<int>(x.size()));
+    std::size_t differ = 0;
+    for (std::size_t i = 0; i < x.size(); ++i)
+      if (got[i] != want[i]) {
+        if (differ++ == 0)
+          FAIL_CHECK("value 0x" << std::hex << std::bit_cast<std::uint32_t>(x[i]) << ": 0x"
+                                << got[i] << ", f32_to_f16 0x" << want[i]);
+      }
+    CHECK(differ == 0);
+    for (int n = 0; n <= 17; ++n) { // the tails: nothing written past n
+      std::vector<std::uint16_t> out(18, 0xabcd);
+      kernels::f32_to_f16_row(x.data() + 100, out.data(), n);
+      for (int i = 0; i < 18; ++i)
+        CHECK(out[static_cast<std::size_t>(i)] ==
+              (i < n ? want[static_cast<std::size_t>(100 + i)] : 0xabcd));
+    }
+  }
   kernels::set_simd_limit(kernels::best_simd());
 }
 
