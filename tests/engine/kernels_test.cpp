@@ -411,25 +411,33 @@ TEST_CASE("rmsnorm, softmax and rope match their formulas") {
   }
   CHECK(std::abs(total - 1.0) <= 1e-5);
 
-  // RoPE through the table equals run.c's per-call powf/cosf/sinf bit for bit.
-  const int head_size = 8, dim = 32, seq_len = 40;
-  std::vector<float> table(static_cast<std::size_t>(seq_len * head_size));
-  kernels::rope_table(table.data(), seq_len, head_size, 10000.0f);
-  for (int pos : {0, 1, 17, 39}) {
-    std::vector<float> v(dim), ref(dim);
-    for (auto& e : v) e = dist(rng);
-    ref = v;
-    kernels::rope(v.data(), dim, head_size, table.data() + pos * head_size);
-    for (int i = 0; i < dim; i += 2) {
-      float freq =
-          1.0f / powf(10000.0f, static_cast<float>(i % head_size) / static_cast<float>(head_size));
-      float val = static_cast<float>(pos) * freq;
-      float fcr = cosf(val), fci = sinf(val);
-      float v0 = ref[static_cast<std::size_t>(i)], v1 = ref[static_cast<std::size_t>(i + 1)];
-      CHECK(v[static_cast<std::size_t>(i)] == v0 * fcr - v1 * fci);
-      CHECK(v[static_cast<std::size_t>(i + 1)] == v0 * fci + v1 * fcr);
+  // RoPE through the table equals run.c's per-call powf/cosf/sinf bit for bit, at every SIMD
+  // level, for head sizes with and without a scalar tail (4 pairs per SIMD step).
+  for (auto level : {kernels::simd::scalar, kernels::simd::avx2, kernels::simd::avx_vnni,
+                     kernels::simd::avx512_vnni})
+    for (int head_size : {6, 8, 12, 64}) {
+      kernels::set_simd_limit(level);
+      INFO(kernels::simd_level() << ", head size " << head_size);
+      const int dim = 4 * head_size, seq_len = 40;
+      std::vector<float> table(static_cast<std::size_t>(seq_len * head_size));
+      kernels::rope_table(table.data(), seq_len, head_size, 10000.0f);
+      for (int pos : {0, 1, 17, 39}) {
+        std::vector<float> v(dim), ref(dim);
+        for (auto& e : v) e = dist(rng);
+        ref = v;
+        kernels::rope(v.data(), dim, head_size, table.data() + pos * head_size);
+        for (int i = 0; i < dim; i += 2) {
+          float freq = 1.0f / powf(10000.0f, static_cast<float>(i % head_size) /
+                                                 static_cast<float>(head_size));
+          float val = static_cast<float>(pos) * freq;
+          float fcr = cosf(val), fci = sinf(val);
+          float v0 = ref[static_cast<std::size_t>(i)], v1 = ref[static_cast<std::size_t>(i + 1)];
+          CHECK(v[static_cast<std::size_t>(i)] == v0 * fcr - v1 * fci);
+          CHECK(v[static_cast<std::size_t>(i + 1)] == v0 * fci + v1 * fcr);
+        }
+      }
     }
-  }
+  kernels::set_simd_limit(kernels::best_simd());
 }
 
 TEST_CASE("rmsnorm_rows gives the same bits as rmsnorm row by row") {
