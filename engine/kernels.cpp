@@ -548,7 +548,7 @@ DUET_AVX2 inline float max_avx2(const float* x, int size) {
   int i = 0;
   if (size >= 8) {
     __m256 m = _mm256_loadu_ps(x);
-    for (i = 8; i + 8 <= size; i += 8) m = _mm256_max_ps(_mm256_loadu_ps(x + i), m);
+    for (i = 8; i + 8 <= size; i += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + i));
     __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
     h = _mm_max_ps(h, _mm_movehl_ps(h, h));
     max_val = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
