@@ -358,6 +358,8 @@ TEST_CASE("argmax returns run.c's index at every SIMD level: ties, NaN, signed z
       {-inf, -inf, -inf},                                  // all equal: the first
       {-inf, nan, nan, nan, nan, nan, nan, nan, nan, nan}, // only NaNs after x[0]
   };
+  // Per size: even trials from the palette (the first five with infinities and NaN, the last
+  // five without), odd ones from a normal distribution.
   for (int size : {1, 2, 7, 8, 9, 15, 16, 17, 31, 32, 33, 100, 512, 32000}) {
     for (int trial = 0; trial < 20; ++trial) {
       std::vector<float> x(static_cast<std::size_t>(size));
