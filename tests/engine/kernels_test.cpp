@@ -460,6 +460,27 @@ TEST_CASE("rmsnorm_rows gives the same bits as rmsnorm row by row") {
       REQUIRE(out[static_cast<std::size_t>(r * stride + i)] == one[static_cast<std::size_t>(i)]);
     }
   }
+  // At every SIMD level, run.c's rmsnorm bit for bit: the sum of squares in order, then
+  // weight * (scale * x), each product rounded (this file is compiled without FMA).
+  for (auto level : {kernels::simd::scalar, kernels::simd::avx2, kernels::simd::avx_vnni,
+                     kernels::simd::avx512_vnni}) {
+    kernels::set_simd_limit(level);
+    INFO(kernels::simd_level());
+    for (int r = 0; r < rows; ++r) {
+      const float* xr = x.data() + r * stride;
+      float ss = 0.0f;
+      for (int i = 0; i < n; ++i) ss += xr[i] * xr[i];
+      ss /= static_cast<float>(n);
+      ss += 1e-5f;
+      ss = 1.0f / std::sqrt(ss);
+      kernels::rmsnorm(one.data(), xr, w.data(), n, 1e-5f);
+      for (int i = 0; i < n; ++i) {
+        INFO("row " << r << " value " << i);
+        REQUIRE(one[static_cast<std::size_t>(i)] == w[static_cast<std::size_t>(i)] * (ss * xr[i]));
+      }
+    }
+  }
+  kernels::set_simd_limit(kernels::best_simd());
   // In place, as the forward pass calls it.
   kernels::rmsnorm_rows(x.data(), x.data(), stride, rows, w.data(), n, 1e-5f);
   for (int r = 0; r < rows; ++r)
