@@ -221,8 +221,7 @@ void runner::layers_chunk(kv_cache& kv, int n, int first_layer, int last_layer, 
     in.reset(xb, D, n, D, q8(lw.wq) || q8(lw.wk) || q8(lw.wv));
     each_rows(n, [&, pending = residual_pending](int b, int e) {
       if (pending)
-        for (int i = b; i < e; ++i)
-          for (int j = 0; j < D; ++j) row(x, i, D)[j] += row(xb, i, D)[j];
+        for (int i = b; i < e; ++i) kernels::add_to(row(x, i, D), row(xb, i, D), D);
       kernels::rmsnorm_rows(row(xb, b, D), row(x, b, D), D, e - b, rms_att, D, c.rms_eps);
       in.quantize_rows(b, e);
     });
@@ -312,8 +311,7 @@ void runner::layers_chunk(kv_cache& kv, int n, int first_layer, int last_layer, 
     // xb is overwritten in place by the norm: the residual x += wo's output comes first.
     in.reset(xb, D, n, D, q8(lw.w1) || q8(lw.w3));
     each_rows(n, [&](int b, int e) {
-      for (int i = b; i < e; ++i)
-        for (int j = 0; j < D; ++j) row(x, i, D)[j] += row(xb, i, D)[j];
+      for (int i = b; i < e; ++i) kernels::add_to(row(x, i, D), row(xb, i, D), D);
       kernels::rmsnorm_rows(row(xb, b, D), row(x, b, D), D, e - b, rms_ffn, D, c.rms_eps);
       in.quantize_rows(b, e);
     });
@@ -336,9 +334,7 @@ void runner::layers_chunk(kv_cache& kv, int n, int first_layer, int last_layer, 
     residual_pending = true;
   }
   if (residual_pending)
-    each_row(n, [&](int i) {
-      for (int j = 0; j < D; ++j) row(x, i, D)[j] += row(xb, i, D)[j];
-    });
+    each_row(n, [&](int i) { kernels::add_to(row(x, i, D), row(xb, i, D), D); });
 }
 
 void runner::logits(std::span<const float> x, std::span<float> out) {

@@ -654,6 +654,14 @@ DUET_AVX2 int scale_rows_avx2(float* out, const float* x, const float* weight, i
   return j;
 }
 
+/// add_to 8 values per step; returns how many it did.
+DUET_AVX2 int add_to_avx2(float* x, const float* y, int n) {
+  int i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(x + i, _mm256_add_ps(_mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  return i;
+}
+
 /// x[0..8) = e^x[0..8) (for exp_rows, which the tests use to check exp_avx2).
 DUET_AVX2 void store_exp_avx2(float* x) {
   _mm256_storeu_ps(x, exp_avx2(_mm256_loadu_ps(x)));
@@ -1413,6 +1421,14 @@ void rmsnorm_rows(float* out, const float* x, std::int64_t stride, int rows, con
       rmsnorm_scale(out + (r + k) * stride, x + (r + k) * stride, weight, size, eps, sums[k]);
   }
   for (; r < rows; ++r) rmsnorm(out + r * stride, x + r * stride, weight, size, eps);
+}
+
+void add_to(float* x, const float* y, int n) {
+  int i = 0;
+#ifdef DUET_X86
+  if (use_simd()) i = add_to_avx2(x, y, n);
+#endif
+  for (; i < n; ++i) x[i] += y[i];
 }
 
 void f32_to_f16_row(const float* x, std::uint16_t* out, int n) {

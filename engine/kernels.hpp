@@ -135,6 +135,10 @@ int argmax(const float* x, int size);
 /// Writes a row of 16-bit KV (the scalar loop was ~10% of a 32-sequence decode step).
 void f32_to_f16_row(const float* x, std::uint16_t* out, int n);
 
+/// x[i] += y[i] for i < n (the residual connections), 8 values per step on the SIMD levels:
+/// one rounded addition each, so the same bits. (g++ -O2 left the loop scalar: x may alias y.)
+void add_to(float* x, const float* y, int n);
+
 /// SwiGLU's gate: h1[i] = silu(h1[i]) * h3[i], silu(v) = v / (1 + e^-v) as run.c computes it
 /// (v * (1 / (1 + e^-v))), e^x as exp_rows.
 void silu_mul(float* h1, const float* h3, int size);

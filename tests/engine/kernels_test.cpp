@@ -299,6 +299,30 @@ TEST_CASE("exp_rows is within 2 ulp of std::exp on every level") {
   kernels::set_simd_limit(kernels::best_simd());
 }
 
+TEST_CASE("add_to adds bit for bit at every SIMD level, the tail included") {
+  std::mt19937 rng(test_seed());
+  INFO("seed " << test_seed());
+  std::normal_distribution<float> dist(0.0f, 3.0f);
+  for (auto level : {kernels::simd::scalar, kernels::simd::avx2, kernels::simd::avx_vnni,
+                     kernels::simd::avx512_vnni}) {
+    kernels::set_simd_limit(level);
+    INFO(kernels::simd_level());
+    for (int n : {0, 1, 7, 8, 9, 67, 768}) {
+      std::vector<float> x(static_cast<std::size_t>(n) + 1), y(x.size());
+      for (auto& v : x) v = dist(rng);
+      for (auto& v : y) v = dist(rng);
+      const std::vector<float> before = x;
+      kernels::add_to(x.data(), y.data(), n);
+      for (std::size_t i = 0; i < x.size(); ++i) {
+        INFO(n << " values, value " << i);
+        // One value past n is left alone.
+        REQUIRE(x[i] == (i < static_cast<std::size_t>(n) ? before[i] + y[i] : before[i]));
+      }
+    }
+  }
+  kernels::set_simd_limit(kernels::best_simd());
+}
+
 TEST_CASE("f32_to_f16_row is f32_to_f16 bit for bit at every SIMD level") {
   // Bit patterns across every exponent (normals, subnormals of both formats, overflow, rounding
   // ties, infinities, NaNs with payloads), then odd lengths for the tails.
