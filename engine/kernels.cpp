@@ -645,7 +645,8 @@ DUET_AVX2 int rope_avx2(float* v, int head_size, const float* table) {
 
 /// out[j] = weight[j] * (ss * x[j]) 8 values per step (rmsnorm_scale); returns how many it did.
 /// out may be x: each step loads before it stores.
-DUET_AVX2 int scale_rows_avx2(float* out, const float* x, const float* weight, int size, float ss) {
+DUET_AVX2 int rmsnorm_scale_avx2(float* out, const float* x, const float* weight, int size,
+                                 float ss) {
   const __m256 s8 = _mm256_set1_ps(ss);
   int j = 0;
   for (; j + 8 <= size; j += 8)
@@ -1385,7 +1386,7 @@ void rmsnorm_scale(float* out, const float* x, const float* weight, int size, fl
   ss = 1.0f / std::sqrt(ss);
   int j = 0;
 #ifdef DUET_X86
-  if (use_simd()) j = scale_rows_avx2(out, x, weight, size, ss);
+  if (use_simd()) j = rmsnorm_scale_avx2(out, x, weight, size, ss);
 #endif
   for (; j < size; ++j) out[j] = weight[j] * (ss * x[j]);
 }
