@@ -1,9 +1,10 @@
 #pragma once
 
 // The forward pass's numeric kernels. Each has a plain scalar definition (the reference the
-// tests check against, tests/engine/kernels_test.cpp) and, for matmul, attention, softmax and
-// SiLU, an AVX2+FMA+F16C version picked at run time when the CPU has those (the build stays
-// portable: no -march); q8_0 matmul also has AVX-VNNI and AVX512-VNNI versions (see simd below).
+// tests check against, tests/engine/kernels_test.cpp) and, for matmul, attention, softmax,
+// SiLU, argmax, RoPE, RMSNorm's scaling, add_to and the f16 row conversion, an AVX2+FMA+F16C
+// version picked at run time when the CPU has those (the build stays portable: no -march); q8_0
+// matmul also has AVX-VNNI and AVX512-VNNI versions (see simd below).
 //
 // Matmul of Q8_0 weights works as ggml's does: the activations are quantized to 8 bits per
 // 32-value block (d = max|x| / 127), each block's dot product is exact in integers and scaled
