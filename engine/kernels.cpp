@@ -182,6 +182,13 @@ DUET_AVX2 inline float hsum(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+/// The largest of v's 8 lanes, in hsum's pairs (for lanes without NaN any order gives it).
+DUET_AVX2 inline float hmax(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+}
+
 /// hsum of 8 vectors at once: result lanes 0-7 hold hsum(v[0]), hsum(v[2]), hsum(v[4]),
 /// hsum(v[6]), hsum(v[1]), hsum(v[3]), hsum(v[5]), hsum(v[7]), each by the same additions of the
 /// same pairs as hsum (lo + hi halves, then lanes 0+2 and 1+3, then those two), so the same
@@ -424,10 +431,7 @@ DUET_AVX2 void quantize_activations_avx2(const float* x, std::int64_t x_stride, 
         v[k] = _mm256_loadu_ps(xt + b * 32 + k * 8);
         amax = _mm256_max_ps(amax, _mm256_and_ps(v[k], abs_mask));
       }
-      __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
-      m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-      m = _mm_max_ss(m, _mm_movehdup_ps(m));
-      blk.d = _mm_cvtss_f32(m) / 127.0f;
+      blk.d = hmax(amax) / 127.0f;
       const __m256 id = _mm256_set1_ps(blk.d != 0.0f ? 1.0f / blk.d : 0.0f);
       __m256i q[4];
       DUET_UNROLL
@@ -549,9 +553,7 @@ DUET_AVX2 inline float max_avx2(const float* x, int size) {
   if (size >= 8) {
     __m256 m = _mm256_loadu_ps(x);
     for (i = 8; i + 8 <= size; i += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + i));
-    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-    max_val = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+    max_val = hmax(m);
   }
   for (; i < size; ++i)
     if (x[i] > max_val) max_val = x[i];
@@ -592,9 +594,7 @@ DUET_AVX2 int argmax_avx2(const float* x, int size) {
   __m256 m = _mm256_set1_ps(x[0]);
   int i = 0;
   for (; i + 8 <= size; i += 8) m = _mm256_max_ps(_mm256_loadu_ps(x + i), m);
-  __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
-  float best = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+  float best = hmax(m);
   for (; i < size; ++i)
     if (x[i] > best) best = x[i];
   const __m256 b = _mm256_set1_ps(best);

@@ -11,6 +11,7 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstdlib>
@@ -25,6 +26,11 @@ using namespace duet::engine;
 namespace {
 
 using duet::test::test_seed;
+
+/// Every level a test runs at (one this CPU lacks runs the next one below it).
+constexpr std::array<kernels::simd, 4> every_simd_level{kernels::simd::scalar, kernels::simd::avx2,
+                                                        kernels::simd::avx_vnni,
+                                                        kernels::simd::avx512_vnni};
 
 /// Weights stored as `type`, plus their exact f32 values.
 struct weights {
@@ -106,8 +112,7 @@ TEST_CASE("matmul of f32, f16 and q8_0 weights matches a scalar reference") {
   INFO("seed " << test_seed() << " (set DUET_TEST_SEED to replay)");
   auto type = GENERATE(dtype::f32, dtype::f16, dtype::q8_0);
   // A level this CPU lacks runs the next one below it (simd_level() in the message says which).
-  auto level = GENERATE(kernels::simd::scalar, kernels::simd::avx2, kernels::simd::avx_vnni,
-                        kernels::simd::avx512_vnni);
+  auto level = GENERATE(from_range(every_simd_level));
   kernels::set_simd_limit(level);
   // q8_0 in the file layout and packed 8 rows at a time (what the GGUF loader gives the kernels).
   const bool packed = GENERATE(false, true);
@@ -164,8 +169,7 @@ TEST_CASE("matmul gives a token bit-identical results alone and in a batch, for 
   std::mt19937 rng(test_seed());
   INFO("seed " << test_seed() << " (set DUET_TEST_SEED to replay)");
   auto type = GENERATE(dtype::f32, dtype::f16, dtype::q8_0);
-  auto level = GENERATE(kernels::simd::scalar, kernels::simd::avx2, kernels::simd::avx_vnni,
-                        kernels::simd::avx512_vnni);
+  auto level = GENERATE(from_range(every_simd_level));
   kernels::set_simd_limit(level);
   const bool packed = GENERATE(false, true);
   if (packed && type != dtype::q8_0) return;
@@ -303,8 +307,7 @@ TEST_CASE("add_to adds bit for bit at every SIMD level, the tail included") {
   std::mt19937 rng(test_seed());
   INFO("seed " << test_seed());
   std::normal_distribution<float> dist(0.0f, 3.0f);
-  for (auto level : {kernels::simd::scalar, kernels::simd::avx2, kernels::simd::avx_vnni,
-                     kernels::simd::avx512_vnni}) {
+  for (auto level : every_simd_level) {
     kernels::set_simd_limit(level);
     INFO(kernels::simd_level());
     for (int n : {0, 1, 7, 8, 9, 67, 768}) {
@@ -336,8 +339,7 @@ TEST_CASE("f32_to_f16_row is f32_to_f16 bit for bit at every SIMD level") {
     x.push_back(std::bit_cast<float>(u));
   std::vector<std::uint16_t> want(x.size());
   for (std::size_t i = 0; i < x.size(); ++i) want[i] = f32_to_f16(x[i]);
-  for (auto level : {kernels::simd::scalar, kernels::simd::avx2, kernels::simd::avx_vnni,
-                     kernels::simd::avx512_vnni}) {
+  for (auto level : every_simd_level) {
     kernels::set_simd_limit(level);
     INFO(kernels::simd_level());
     std::vector<std::uint16_t> got(x.size());
@@ -394,8 +396,7 @@ TEST_CASE("argmax returns run.c's index at every SIMD level: ties, NaN, signed z
       cases.push_back(std::move(x));
     }
   }
-  for (auto level : {kernels::simd::scalar, kernels::simd::avx2, kernels::simd::avx_vnni,
-                     kernels::simd::avx512_vnni}) {
+  for (auto level : every_simd_level) {
     kernels::set_simd_limit(level);
     for (const auto& x : cases) {
       INFO(kernels::simd_level() << ", " << x.size() << " values");
@@ -439,8 +440,7 @@ TEST_CASE("rmsnorm, softmax and rope match their formulas") {
 
   // RoPE through the table equals run.c's per-call powf/cosf/sinf bit for bit, at every SIMD
   // level, for head sizes with and without a scalar tail (4 pairs per SIMD step).
-  for (auto level : {kernels::simd::scalar, kernels::simd::avx2, kernels::simd::avx_vnni,
-                     kernels::simd::avx512_vnni})
+  for (auto level : every_simd_level)
     for (int head_size : {6, 8, 12, 64}) {
       kernels::set_simd_limit(level);
       INFO(kernels::simd_level() << ", head size " << head_size);
@@ -486,8 +486,7 @@ TEST_CASE("rmsnorm_rows gives the same bits as rmsnorm row by row") {
   }
   // At every SIMD level, run.c's rmsnorm bit for bit: the sum of squares in order, then
   // weight * (scale * x), each product rounded (this file is compiled without FMA).
-  for (auto level : {kernels::simd::scalar, kernels::simd::avx2, kernels::simd::avx_vnni,
-                     kernels::simd::avx512_vnni}) {
+  for (auto level : every_simd_level) {
     kernels::set_simd_limit(level);
     INFO(kernels::simd_level());
     for (int r = 0; r < rows; ++r) {
