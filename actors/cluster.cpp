@@ -8,6 +8,7 @@
 #include "actors/remote_node.hpp"
 #include "actors/request_actor.hpp"
 #include "engine/error.hpp"
+#include "engine/kv_dtype.hpp"
 
 #include <caf/all.hpp>
 #include <caf/io/all.hpp>
@@ -107,7 +108,9 @@ model_footprint footprint_of(const engine::model_weights& w, const cluster_confi
     total += double(l.rms_att.bytes() + l.wq.bytes() + l.wk.bytes() + l.wv.bytes() + l.wo.bytes() +
                     l.rms_ffn.bytes() + l.w1.bytes() + l.w2.bytes() + l.w3.bytes());
   f.weight_bytes_total = total;
-  f.kv_bytes_per_token = double(w.config.n_layers) * 2.0 * w.config.kv_dim() * sizeof(float);
+  f.kv_bytes_per_token = double(w.config.n_layers) * 2.0 *
+                         double(engine::row_bytes(engine::resolve_kv_dtype(cfg.kv_dtype, w),
+                                                  static_cast<std::size_t>(w.config.kv_dim())));
   f.kv_budget_tokens = w.config.seq_len * std::max(1, cfg.decode_sequences_max);
   return f;
 }

@@ -18,6 +18,7 @@
 #include "actors/completion_service.hpp"
 #include "actors/fault_injector.hpp"
 #include "actors/placement.hpp"
+#include "engine/kv_dtype.hpp"
 
 #include <cstddef>
 #include <cstdint>
@@ -40,6 +41,11 @@ struct cluster_config {
   // -- model -----------------------------------------------------------------------------------
   std::string model_path;     ///< llama2.c .bin or GGUF
   std::string tokenizer_path; ///< llama2.c tokenizer (empty for GGUF, which carries its own)
+  /// K and V element type of every prefill shard and decode lane (engine/kv_dtype.hpp): auto is
+  /// f32 for f32 weights, f16 for f16 or q8_0 ones. Multi-process: each `duet node --kv-dtype`
+  /// chooses, and a decode lane refuses segments of another dtype (the request fails with that
+  /// error), so all nodes must agree; the same model file with auto always does.
+  engine::kv_dtype_choice kv_dtype = engine::kv_dtype_choice::automatic;
 
   // -- shape -----------------------------------------------------------------------------------
   int prefill_nodes = 1;               ///< nodes with the prefill role

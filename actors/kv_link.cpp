@@ -192,6 +192,8 @@ void kv_pump::run() {
 
 transport::options kv_link_options(const engine::model_config& model) {
   transport::options o;
+  // The largest segment a prefill can send: a whole context of one layer in f32, the wider of
+  // the two KV dtypes (engine/kv_dtype.hpp), so either fits.
   const std::size_t segment = static_cast<std::size_t>(model.seq_len) *
                               static_cast<std::size_t>(model.kv_dim()) * 2 * sizeof(float);
   o.segment_bytes_max = std::max<std::size_t>(segment, std::size_t{64} << 10);

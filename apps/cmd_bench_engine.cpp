@@ -3,6 +3,7 @@
 #include "apps/progress.hpp"
 #include "bench/engine_bench.hpp"
 #include "engine/kernels.hpp"
+#include "engine/kv_dtype.hpp"
 
 #include <fmt/core.h>
 
@@ -13,7 +14,7 @@ namespace {
 void setup_bench_engine(CLI::App& app) {
   struct options {
     bench::engine_bench_options bench;
-    std::string kv = "f32";
+    std::string kv = "auto";
     std::string simd = "best";
   };
   auto o = std::make_shared<options>();
@@ -44,9 +45,11 @@ void setup_bench_engine(CLI::App& app) {
                   "beside it (the bandwidth and peak baselines are best-of passes too)")
       ->capture_default_str()
       ->check(CLI::Range(1, 100));
-  cmd->add_option("--kv-dtype", o->kv, "KV cache type")
+  cmd->add_option("--kv-dtype", o->kv,
+                  "KV cache element type: f32, f16, or auto (f32 for f32 weights, f16 for f16 "
+                  "or q8_0 ones, as every command defaults to)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"f32", "f16"}));
+      ->check(CLI::IsMember({"auto", "f32", "f16"}));
   cmd->add_option("--simd", o->simd,
                   "Cap the kernels' instruction set, to measure what each level adds (a level "
                   "this CPU lacks falls back to the next one below it; the model line says "
@@ -59,7 +62,7 @@ void setup_bench_engine(CLI::App& app) {
                                     : o->simd == "avx2"    ? simd::avx2
                                     : o->simd == "avxvnni" ? simd::avx_vnni
                                                            : simd::avx512_vnni);
-    o->bench.kv_type = o->kv == "f16" ? engine::dtype::f16 : engine::dtype::f32;
+    o->bench.kv_dtype = engine::parse_kv_dtype(o->kv);
     progress bar("bench engine");
     o->bench.on_progress = [&bar](double fraction, std::string_view step) {
       bar.update(fraction, step);

@@ -4,6 +4,7 @@
 #include "engine/forward.hpp"
 #include "engine/kernels.hpp"
 #include "engine/kv_cache.hpp"
+#include "engine/kv_dtype.hpp"
 #include "engine/model_file.hpp"
 #include "engine/sampler.hpp"
 
@@ -28,15 +29,9 @@ struct generate_options {
   int top_k = 0;
   std::uint64_t seed = 0;
   int threads = 1;
-  std::string kv_dtype = "f32";
+  std::string kv_dtype = "auto";
   std::vector<std::string> stop;
 };
-
-engine::dtype parse_kv_dtype(const std::string& s) {
-  if (s == "f32") return engine::dtype::f32;
-  if (s == "f16") return engine::dtype::f16;
-  throw CLI::ValidationError("--kv-dtype", "expected f32 or f16, got '" + s + "'");
-}
 
 /// run.c's safe_printf: raw bytes that are control characters are not printed.
 void print_piece(const std::string& piece) {
@@ -56,8 +51,8 @@ void run_generate(const generate_options& o) {
   const auto& tok = model.tok;
   const auto& cfg = w.config;
   engine::runner run(w, engine::runner_options{o.threads, 64});
-  auto kv_cfg =
-      engine::kv_cache_config::for_model(cfg, 0, cfg.n_layers, 0, parse_kv_dtype(o.kv_dtype));
+  const engine::dtype kv_type = engine::resolve_kv_dtype(engine::parse_kv_dtype(o.kv_dtype), w);
+  auto kv_cfg = engine::kv_cache_config::for_model(cfg, 0, cfg.n_layers, 0, kv_type);
   kv_cfg.blocks_max = kv_cfg.blocks_for(1);
   engine::kv_cache kv(kv_cfg);
 
@@ -123,7 +118,9 @@ void run_generate(const generate_options& o) {
              "({}); {} threads, {} matmul, kv {}, seed {}\n",
              prompt.size(), secs(t0, t1), static_cast<double>(prompt.size()) / secs(t0, t1),
              generated, secs(t1, t2), decode_rate, run.threads(), engine::kernels::simd_level(),
-             o.kv_dtype, sc.seed);
+             o.kv_dtype == "auto" ? fmt::format("{} (auto)", engine::dtype_name(kv_type))
+                                  : o.kv_dtype,
+             sc.seed);
 }
 
 void setup_generate(CLI::App& app) {
@@ -157,9 +154,12 @@ void setup_generate(CLI::App& app) {
   cmd->add_option("--threads", o->threads, "Compute threads (the caller included)")
       ->capture_default_str()
       ->check(CLI::Range(1, 256));
-  cmd->add_option("--kv-dtype", o->kv_dtype, "KV cache element type: f32 or f16")
+  cmd->add_option("--kv-dtype", o->kv_dtype,
+                  "KV cache element type: f32, f16, or auto (f32 when every weight matrix is "
+                  "f32, which reproduces llama2.c's run.c bit for bit; f16 for f16 or q8_0 "
+                  "weights)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"f32", "f16"}));
+      ->check(CLI::IsMember({"auto", "f32", "f16"}));
   cmd->add_option("--stop", o->stop, "Stop when this text appears (repeatable)");
   cmd->callback([o] { run_generate(*o); });
 }

@@ -4,6 +4,7 @@
 // away (then it exits 0) or it is killed.
 #include "actors/remote_cluster.hpp"
 #include "apps/command.hpp"
+#include "engine/kv_dtype.hpp"
 
 #include <fmt/core.h>
 
@@ -27,6 +28,7 @@ struct node_cli {
   std::string transport = "zmq+tcp";
   int threads = 1;
   int decode_sequences_max = 16;
+  std::string kv_dtype = "auto";
   int decode_step_delay_ms = 0;
   int prefill_chunk_delay_ms = 0;
 };
@@ -48,6 +50,7 @@ void run_node_command(const node_cli& o) {
   cfg.transport = o.transport;
   cfg.engine_threads = o.threads;
   cfg.decode_sequences_max = o.decode_sequences_max;
+  cfg.kv_dtype = engine::parse_kv_dtype(o.kv_dtype);
   cfg.decode_step_delay_ms = o.decode_step_delay_ms;
   cfg.prefill_chunk_delay_ms = o.prefill_chunk_delay_ms;
   actors::node_options opts;
@@ -98,6 +101,12 @@ void setup_node(CLI::App& app) {
   cmd->add_option("--decode-sequences", o->decode_sequences_max,
                   "Full-context sequences the decode lane's KV pool holds")
       ->capture_default_str();
+  cmd->add_option("--kv-dtype", o->kv_dtype,
+                  "K and V element type: auto (f32 for f32 weights, f16 for f16 or q8_0 ones), "
+                  "f32 or f16; every node of a cluster must agree (a decode lane refuses "
+                  "segments of another type)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "f32", "f16"}));
   cmd->add_option("--slow-decode-ms", o->decode_step_delay_ms,
                   "Fault injection: sleep this long before each decode step")
       ->capture_default_str();

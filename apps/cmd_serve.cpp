@@ -120,6 +120,7 @@ actors::cluster_config cluster_config_of(const serve_config& config,
   cc.tokenizer_path = config.tokenizer;
   cc.placement = config.placement;
   cc.engine_threads = config.engine_threads;
+  cc.kv_dtype = config.kv_dtype;
   cc.requests_max = std::max(cc.requests_max, config.max_concurrent);
   cc.metrics = std::move(registry);
   return cc;

@@ -1,5 +1,7 @@
 #include "apps/config.hpp"
 
+#include "engine/error.hpp"
+
 #include <fmt/core.h>
 #include <fmt/ranges.h>
 #include <toml++/toml.h>
@@ -177,6 +179,19 @@ const std::vector<option_spec>& serve_options() {
        [](serve_config& c, V v) {
          c.engine_threads = static_cast<int>(parse_int(single(v), 1, 256));
        }},
+      {"--kv-dtype", "DUET_KV_DTYPE", "kv_dtype", "TYPE",
+       "K and V element type of the embedded cluster: auto (f32 for f32 weights, which "
+       "reproduces llama2.c's run.c; f16 for f16 or q8_0 weights, half the KV memory), f32 or "
+       "f16; refused with --nodes-listen (each `duet node --kv-dtype` chooses)",
+       false,
+       [](const serve_config& c) { return std::string(engine::kv_dtype_choice_name(c.kv_dtype)); },
+       [](serve_config& c, V v) {
+         try {
+           c.kv_dtype = engine::parse_kv_dtype(single(v));
+         } catch (const engine::engine_error& e) {
+           throw std::invalid_argument(e.what());
+         }
+       }},
       {"--log-level", "DUET_LOG_LEVEL", "log_level", "LEVEL",
        "trace, debug, info, warn, error or off (logs go to stderr, one logfmt line per event)",
        false, [](const serve_config& c) { return c.log_level; },
@@ -293,7 +308,8 @@ serve_config resolve_serve_config(const std::string& models_dir, const option_va
     for (const auto& [flag, instead] : std::vector<std::pair<std::string, std::string>>{
              {"--local", "the nodes that join are the cluster"},
              {"--transport", "each `duet node --transport` chooses how its KV moves"},
-             {"--engine-threads", "each `duet node --threads` chooses its compute threads"}})
+             {"--engine-threads", "each `duet node --threads` chooses its compute threads"},
+             {"--kv-dtype", "each `duet node --kv-dtype` chooses its K and V type"}})
       if (c.given.count(flag) != 0)
         throw std::runtime_error(fmt::format(
             "{} is for the embedded cluster and conflicts with --nodes-listen ({}); drop one "

@@ -6,6 +6,7 @@
 // Precedence, highest first: flags > environment > file (--config) > defaults.
 
 #include "actors/completion_service.hpp"
+#include "engine/kv_dtype.hpp"
 
 #include <cstddef>
 #include <cstdint>
@@ -34,6 +35,7 @@ struct serve_config {
   actors::placement_mode placement = actors::placement_mode::automatic;
   std::int64_t request_timeout_ms = 120000;
   int engine_threads = 1;
+  engine::kv_dtype_choice kv_dtype = engine::kv_dtype_choice::automatic;
   std::string log_level = "info";
   /// "HOST:PORT" where `duet node` processes join (CAF middleman; port 0 = ephemeral). "" (the
   /// default): the cluster is embedded in this process (--local). Set: the cluster is the

@@ -154,7 +154,9 @@ engine_bench_result run_engine_bench(const engine_bench_options& o) {
   int batch_max = 1;
   for (int b : o.decode_batches) batch_max = std::max(batch_max, b);
   engine::runner run(w, engine::runner_options{o.threads, std::max(64, batch_max)});
-  auto kc = engine::kv_cache_config::for_model(c, 0, c.n_layers, 0, o.kv_type);
+  res.kv_dtype = o.kv_dtype;
+  res.kv_type = engine::resolve_kv_dtype(o.kv_dtype, w);
+  auto kc = engine::kv_cache_config::for_model(c, 0, c.n_layers, 0, res.kv_type);
   kc.blocks_max = kc.blocks_for(batch_max);
   engine::kv_cache kv(kc);
   res.kv_pool_bytes = kv.pool_bytes();
@@ -250,7 +252,7 @@ engine_bench_result run_engine_bench(const engine_bench_options& o) {
   // Timed step s (0-based) attends timed_from + s + 1 positions: on average
   // timed_from + (steps + 1) / 2.
   const auto kv_row_bytes =
-      static_cast<double>(engine::row_bytes(o.kv_type, static_cast<std::size_t>(c.kv_dim())));
+      static_cast<double>(engine::row_bytes(res.kv_type, static_cast<std::size_t>(c.kv_dim())));
   for (auto& fig : res.decode) {
     fig.tokens = static_cast<double>(fig.n) * o.decode_steps;
     fig.kv_bytes_per_step =
@@ -270,9 +272,15 @@ std::string format_engine_bench(const engine_bench_result& r) {
                    r.weight_types, r.simd, r.threads));
   line(fmt::format("weights/step     {:.1f} MB read per decode step (whole batch)",
                    static_cast<double>(r.weight_bytes_per_token) / 1e6));
-  line(fmt::format("kv pool          {:.1f} MB preallocated (peak memory = the weights + this; "
-                   "q8_0 matrices are held once, packed for the kernels)",
-                   static_cast<double>(r.kv_pool_bytes) / 1e6));
+  line(fmt::format("kv pool          {:.1f} MB preallocated, {} K and V{} (peak memory = the "
+                   "weights + this; q8_0 matrices are held once, packed for the kernels)",
+                   static_cast<double>(r.kv_pool_bytes) / 1e6, engine::dtype_name(r.kv_type),
+                   r.kv_dtype == engine::kv_dtype_choice::automatic
+                       ? std::string(r.kv_type == engine::dtype::f32
+                                         ? " (--kv-dtype auto: the weights are f32)"
+                                         : " (--kv-dtype auto: the weights are 16-bit or q8_0; "
+                                           "--kv-dtype f32 for f32 K and V)")
+                       : std::string()));
   if (r.resident_bytes > 0)
     line(fmt::format(
         "resident         {:.1f} MB at the end of the run, {:.1f} MB of it on huge "

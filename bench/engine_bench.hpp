@@ -9,6 +9,7 @@
 // int8 multiply-add peak of the instructions its kernels use (vpdpbusd with VNNI).
 
 #include "engine/dtype.hpp"
+#include "engine/kv_dtype.hpp"
 
 #include <cstddef>
 #include <functional>
@@ -45,7 +46,9 @@ struct engine_bench_options {
   /// Position each decoding sequence's timed steps start from: its prompt is this many
   /// tokens less the warm-up steps (at least 1).
   int context_tokens = 64;
-  engine::dtype kv_type = engine::dtype::f32;
+  /// K and V element type; auto (engine/kv_dtype.hpp): f32 for f32 weights, f16 for q8_0 or
+  /// f16 ones, as every command defaults to.
+  engine::kv_dtype_choice kv_dtype = engine::kv_dtype_choice::automatic;
   /// Working set of the read baseline; 0: the bytes one decode step reads (the weights), so
   /// that the roofline holds for the memory those bytes come from. A fixed 256 MiB measured
   /// DRAM on a Xeon whose 260 MiB L3 holds the whole 117 MB model: decode then ran at 140-217%
@@ -90,6 +93,8 @@ struct engine_bench_result {
   std::vector<engine_bench_figure> prefill;
   std::vector<engine_bench_figure> decode;
   std::size_t kv_pool_bytes = 0;
+  engine::dtype kv_type = engine::dtype::f32; ///< K and V element type, resolved
+  engine::kv_dtype_choice kv_dtype = engine::kv_dtype_choice::automatic; ///< as asked for
   std::size_t model_file_bytes = 0; ///< size of the model file (mapped read-only)
   /// Resident memory of the process at the end of the run (/proc/self/statm; 0 where
   /// unavailable): the mapped weights it touched, the packed q8_0 copy (whose originals are

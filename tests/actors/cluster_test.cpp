@@ -4,7 +4,10 @@
 
 #include "actors/kv_link.hpp"
 
+#include "engine/kv_dtype.hpp"
+#include "engine/synth.hpp"
 #include "engine/tokenizer.hpp"
+#include "tests/engine/gguf_test_support.hpp"
 
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
@@ -80,6 +83,51 @@ TEST_CASE("prefill split over 2 shards over libfabric shm gives the same tokens"
   cfg.prefill_nodes = 2;
   cfg.prefill_split = 2;
   check_one_request(cfg, actors::placement_mode::disaggregated);
+}
+
+TEST_CASE("a q8_0 model's K and V are f16 by default, integrated and disaggregated, with the "
+          "tokens of one engine with f16 K and V") {
+  // duet synth's tiny shape (2 layers) in q8_0: --kv-dtype auto gives it f16 K and V, which
+  // the prefill shards, the segments on the wire and the decode lane must all use.
+  temp_dir dir;
+  const std::string path = dir.file("tiny-q8_0.gguf");
+  engine::write_synth_model(path, *engine::find_synth_shape("tiny"), engine::dtype::q8_0,
+                            engine::synth_options{7, 0.02f});
+  const auto model = engine::open_model(path);
+  const auto& mc = model.weights->config;
+  REQUIRE(engine::resolve_kv_dtype(engine::kv_dtype_choice::automatic, *model.weights) ==
+          engine::dtype::f16);
+  const auto prompt = model.tok.encode("Once upon a time, in a land far away", true);
+  const auto expected = reference_tokens(model, prompt, 24, engine::dtype::f16);
+  REQUIRE(expected.size() >= 8); // this seed's model does not stop at once
+
+  for (const char* transport : {"actor", "zmq+tcp", "fabric+shm"}) {
+    for (auto mode : {actors::placement_mode::integrated, actors::placement_mode::disaggregated}) {
+      INFO("transport " << transport << ", "
+                        << (mode == actors::placement_mode::integrated ? "integrated"
+                                                                       : "disaggregated"));
+      if (mode == actors::placement_mode::integrated && std::string{transport} != "actor")
+        continue; // integrated requests move no KV: one transport covers them
+      auto cfg = stories_config();
+      cfg.model_path = path;
+      cfg.tokenizer_path.clear();
+      cfg.transport = transport;
+      cfg.prefill_nodes = 2;
+      cfg.prefill_split = 2; // one layer per shard: each sends its own layer's segments
+      auto cluster = actors::make_embedded_cluster(cfg);
+      collector col;
+      cluster->submit(make_request("q8", prompt, 24, mode), col.callbacks());
+      check_fault_free(col.wait(), prompt, expected);
+      // Each prompt position's K and V of every layer crossed once, 2 bytes an element (f32
+      // would be twice this).
+      const auto kv_bytes =
+          mode == actors::placement_mode::integrated
+              ? 0
+              : prompt.size() * std::size_t(mc.n_layers) * 2 * std::size_t(mc.kv_dim()) * 2;
+      CHECK(cluster->stats().kv_bytes_sent == kv_bytes);
+      CHECK(settled_kv_blocks(*cluster) == 0);
+    }
+  }
 }
 
 TEST_CASE("a cluster with a metrics registry exports KV, transfer, restart, placement and queue "

@@ -32,14 +32,14 @@ inline actors::cluster_config stories_config() {
   return cfg;
 }
 
-/// Greedy tokens after `prompt` from one engine runner, stopping at EOS/BOS as run.c does:
-/// the reference every fabric path must reproduce exactly.
-inline std::vector<int> reference_tokens(const std::vector<int>& prompt, int max_tokens,
-                                         bool stop_at_eos = true) {
-  static auto model = engine::open_model(model_file("stories260K.bin"), model_file("tok512.bin"));
+/// Greedy tokens after `prompt` from one engine runner of `model` with K and V of `kv_type`,
+/// stopping at EOS/BOS as run.c does: the reference every fabric path must reproduce exactly.
+inline std::vector<int> reference_tokens(const engine::loaded_model& model,
+                                         const std::vector<int>& prompt, int max_tokens,
+                                         engine::dtype kv_type, bool stop_at_eos = true) {
   const auto& cfg = model.weights->config;
   engine::runner run{*model.weights, {1, 64}};
-  auto kvc = engine::kv_cache_config::for_model(cfg, 0, cfg.n_layers, 0);
+  auto kvc = engine::kv_cache_config::for_model(cfg, 0, cfg.n_layers, 0, kv_type);
   kvc.blocks_max = kvc.blocks_for(1);
   engine::kv_cache kv{kvc};
   kv.seq_add(1);
@@ -59,6 +59,13 @@ inline std::vector<int> reference_tokens(const std::vector<int>& prompt, int max
     ++pos;
   }
   return out;
+}
+
+/// reference_tokens on stories260K with f32 K and V (what auto gives its f32 weights).
+inline std::vector<int> reference_tokens(const std::vector<int>& prompt, int max_tokens,
+                                         bool stop_at_eos = true) {
+  static auto model = engine::open_model(model_file("stories260K.bin"), model_file("tok512.bin"));
+  return reference_tokens(model, prompt, max_tokens, engine::dtype::f32, stop_at_eos);
 }
 
 /// What one request produced.

@@ -50,6 +50,7 @@ TEST_CASE("Serve defaults are the bundled model on 127.0.0.1 port 8000 with 1 pr
   CHECK(c.transport == "inproc");
   CHECK(c.api_keys.empty());
   CHECK(c.placement == duet::actors::placement_mode::automatic);
+  CHECK(c.kv_dtype == duet::engine::kv_dtype_choice::automatic);
 }
 
 TEST_CASE("Flags override environment variables which override the TOML file") {
@@ -66,6 +67,16 @@ TEST_CASE("Flags override environment variables which override the TOML file") {
   CHECK(c.host == "0.0.0.0"); // file over default
   CHECK(c.placement == duet::actors::placement_mode::integrated);
   CHECK(c.config_file == file.path);
+  SECTION("the KV dtype from each source") {
+    temp_file f16{"kv_dtype = \"f16\"\n"};
+    CHECK(resolve_serve_config("/m", {}, f16.path, env.getter()).kv_dtype ==
+          duet::engine::kv_dtype_choice::f16);
+    env.vars = {{"DUET_KV_DTYPE", "f32"}};
+    CHECK(resolve_serve_config("/m", {}, f16.path, env.getter()).kv_dtype ==
+          duet::engine::kv_dtype_choice::f32);
+    CHECK(resolve_serve_config("/m", {{"--kv-dtype", {"auto"}}}, f16.path, env.getter()).kv_dtype ==
+          duet::engine::kv_dtype_choice::automatic);
+  }
   SECTION("DUET_CONFIG names the file when --config is absent") {
     env.vars = {{"DUET_CONFIG", file.path}};
     auto d = resolve_serve_config("/m", {}, "", env.getter());
@@ -91,6 +102,11 @@ TEST_CASE("Bad configuration values are refused naming the option and where it c
   fails_with({{"--placement", {"both"}}}, "",
              "--placement: expected auto, integrated or disaggregated");
   fails_with({{"--transport", {"carrier-pigeon"}}}, "", "--transport: expected one of");
+  fails_with({{"--kv-dtype", {"bf16"}}}, "",
+             "--kv-dtype: KV dtype 'bf16': expected auto, f32 or f16");
+  // Each node of a multi-process cluster chooses its own K and V type.
+  fails_with({{"--nodes-listen", {"127.0.0.1:0"}}, {"--kv-dtype", {"f16"}}}, "",
+             "--kv-dtype is for the embedded cluster and conflicts with --nodes-listen");
   env.vars = {{"DUET_MAX_CONCURRENT", "0"}};
   fails_with({}, "", "environment variable DUET_MAX_CONCURRENT");
   env.vars.clear();
