@@ -226,6 +226,24 @@ public:
       }
       hellos = board->nodes;
     }
+    // One K and V type for the whole cluster: a decode lane refuses segments of another, so
+    // a mix would fail every disaggregated request. The plan sizes the pools with it.
+    for (std::size_t i = 1; i < hellos.size(); ++i)
+      if (hellos[i].kv_dtype != hellos[0].kv_dtype) {
+        shutdown();
+        throw std::invalid_argument(fmt::format(
+            "controller: node {} (pid {}) stores K and V as {}, node 0 (pid {}) as {}: start "
+            "every `duet node` with the same --kv-dtype (auto resolves the same way for the "
+            "same model file)",
+            i, hellos[i].pid, hellos[i].kv_dtype, hellos[0].pid, hellos[0].kv_dtype));
+      }
+    if (!hellos.empty()) {
+      const auto type = hellos[0].kv_dtype;
+      if (type == "f32" || type == "f16") {
+        config.kv_dtype = engine::parse_kv_dtype(type);
+        ctx_->config.kv_dtype = config.kv_dtype;
+      }
+    }
     std::vector<node_spec> nodes;
     for (std::size_t i = 0; i < hellos.size(); ++i) {
       const auto& h = hellos[i];
@@ -241,12 +259,13 @@ public:
       n.decode = h.decode;
       n.profile = *profile;
       n.kv_address = h.kv_address;
+      n.kv_dtype = h.kv_dtype;
       n.agent = h.agent;
       if (options.on_event)
-        options.on_event(fmt::format("node {} joined pid {} profile {} roles {}{} kv {}", i, h.pid,
-                                     h.profile, h.prefill ? "prefill" : "",
+        options.on_event(fmt::format("node {} joined pid {} profile {} roles {}{} kv {} ({})", i,
+                                     h.pid, h.profile, h.prefill ? "prefill" : "",
                                      h.prefill && h.decode ? "+decode" : (h.decode ? "decode" : ""),
-                                     h.kv_address.empty() ? "-" : h.kv_address));
+                                     h.kv_address.empty() ? "-" : h.kv_address, h.kv_dtype));
       nodes.push_back(std::move(n));
     }
     controller_spec spec;
@@ -506,6 +525,8 @@ void run_node(cluster_config config, node_options options) {
       hello.decode = options.decode;
       hello.kv_address = pump ? pump->address() : std::string{};
       hello.agent = agent;
+      hello.kv_dtype = std::string(
+          engine::dtype_name(engine::resolve_kv_dtype(config.kv_dtype, *ctx->model.weights)));
       caf::scoped_actor self{sys};
       self->request(*registrar, std::chrono::seconds(10), join_atom::value, hello)
           .receive(

@@ -270,6 +270,13 @@ caf::result<std::int32_t> rejoin(controller_actor* self, node_hello& hello) {
     return make_error(fabric_errc::overloaded, "controller: " + why);
   }
   auto& node = st.spec.nodes[std::size_t(id)];
+  if (hello.kv_dtype != node.kv_dtype) {
+    auto why = fmt::format("it stores K and V as {}, the cluster as {} (duet node --kv-dtype): a "
+                           "decode lane takes segments of its own type only",
+                           hello.kv_dtype, node.kv_dtype);
+    emit(self, fmt::format("join refused pid {}: {}", hello.pid, why));
+    return make_error(fabric_errc::overloaded, "controller: " + why);
+  }
   node.agent = hello.agent;
   node.kv_address = hello.kv_address;
   st.node_dead[std::size_t(id)] = false;

@@ -33,6 +33,7 @@ struct node_spec {
   bool prefill = false;
   bool decode = false;
   std::string kv_address; ///< decode nodes: where KV for this node's lane goes ("" = CAF)
+  std::string kv_dtype;   ///< multi-process: the node's K and V type (node_hello); "" embedded
   /// Multi-process: the node process's agent, which spawns this node's actors on request
   /// (remote_node.hpp). Invalid: the actors are spawned in this process (embedded).
   caf::actor agent;

@@ -47,12 +47,15 @@ struct node_hello {
   bool decode = false;    ///< role
   std::string kv_address; ///< decode nodes: the KV receiver's concrete address
   caf::actor agent;       ///< the node agent (spawns this node's actors)
+  /// The K and V element type the node's shards and lane store ("f32", "f16"; `duet node
+  /// --kv-dtype` resolved against its model): the nodes of a cluster must agree.
+  std::string kv_dtype;
 };
 
 template <class Inspector>
 typename Inspector::result_type inspect(Inspector& f, node_hello& x) {
   return f(caf::meta::type_name("node_hello"), x.pid, x.profile, x.prefill, x.decode, x.kv_address,
-           x.agent);
+           x.agent, x.kv_dtype);
 }
 
 /// controller -> node agent: one actor slot to (re)spawn on the node.

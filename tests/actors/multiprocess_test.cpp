@@ -404,7 +404,8 @@ TEST_CASE("a prefill node process SIGKILLed mid-prefill is detected, its shard r
 }
 
 TEST_CASE("a decode node process that joins after one died takes its place and serves, and a "
-          "join with no dead node to replace is refused with the reason") {
+          "join with no dead node to replace, or with another K and V type, is refused with the "
+          "reason") {
   auto prompt = story_prompt();
   const int max_tokens = 12;
   auto expected = duet::test::reference_tokens(prompt, max_tokens);
@@ -431,6 +432,16 @@ TEST_CASE("a decode node process that joins after one died takes its place and s
   CHECK(d.node_with_pid(killed).wait_exit() == 128 + SIGKILL);
   INFO("controller: " << log());
   REQUIRE(d.wait_for_event("event node " + std::to_string(decode_id) + " down: "));
+
+  // A replacement that stores K and V as another type than the cluster (stories260K: f32) is
+  // refused with the reason: the prefill node's segments would not import into its lane.
+  {
+    auto other = d.start_node("decode", {"--kv-dtype", "f16"});
+    INFO("controller: " << log());
+    CHECK(d.wait_for_event("event join refused pid " + std::to_string(other->pid()) +
+                           ": it stores K and V as f16, the cluster as f32"));
+    CHECK(other->wait_exit() == 1);
+  }
 
   // A new decode node process joins: it takes the dead node's id and gets its decode lane.
   d.nodes.push_back(d.start_node("decode"));

@@ -94,6 +94,7 @@ public:
   }
 
   void signal(int sig) { ::kill(pid_, sig); }
+  pid_t pid() const { return pid_; }
 
   /// Waits (bounded) for the process to exit: its exit status (128 + signal if killed by
   /// one), or -1 if it still runs.
@@ -267,6 +268,34 @@ TEST_CASE("duet serve --nodes-listen exits with a clear error when a node does n
   }
   CHECK(log.find("duet node --join " + *address) != std::string::npos);
   CHECK(log.find("listening on http://") == std::string::npos);
+}
+
+TEST_CASE("duet serve --nodes-listen refuses a cluster whose nodes store K and V as different "
+          "types, naming them") {
+  duet_process serve{with({"serve", "--nodes-listen", "127.0.0.1:0", "--nodes", "2", "--port", "0",
+                           "--nodes-join-timeout-ms", "30000"},
+                          model_args())};
+  auto address = serve.wait_for_line("nodes listening on ");
+  INFO("serve log:\n" << serve.log());
+  REQUIRE(address);
+  // stories260K is f32: auto gives the decode node f32 K and V; the prefill node asks for f16.
+  duet_process prefill{with({"node", "--join", *address, "--role", "prefill", "--transport",
+                             "zmq+tcp", "--kv-dtype", "f16"},
+                            model_args())};
+  auto decode = start_node(*address, "decode", "zmq+tcp");
+  CHECK(serve.wait_exit() == 1);
+  const auto log = serve.log();
+  INFO("serve log:\n" << log);
+  CHECK(log.find("duet: error: controller: node 1 (pid ") != std::string::npos);
+  const bool f16_first = log.find("as f32, node 0 (pid " + std::to_string(prefill.pid()) +
+                                  ") as f16") != std::string::npos;
+  const bool f32_first = log.find("as f16, node 0 (pid " + std::to_string(decode->pid()) +
+                                  ") as f32") != std::string::npos;
+  CHECK((f16_first || f32_first)); // whichever joined first is node 0
+  CHECK(log.find("start every `duet node` with the same --kv-dtype") != std::string::npos);
+  CHECK(log.find("listening on http://") == std::string::npos);
+  CHECK(prefill.wait_exit() == 0); // both return once their controller is gone
+  CHECK(decode->wait_exit() == 0);
 }
 
 TEST_CASE("duet serve --nodes-listen stops cleanly on SIGTERM while it waits for nodes") {
