@@ -9,15 +9,18 @@
 // Baselines. The two, printed as before and used for the "vs base" column:
 //   memcpy              the same bytes into one warm destination buffer, over and over
 //   raw zmq+tcp / +ipc  PAIR sockets, zero-copy sends, the receiver drops each message unread
-// Neither does what a transport must, so four more are printed next to them, each only
+// Neither does what a transport must, so five more are printed next to them, each only
 // when a backend it is for is measured; the backend's note gives its ratio to them:
 //   memcpy ring         the same bytes into successive slots of a ring the size of the
-//                       receive window the transports get here (max(4 x size, 16 MiB),
-//                       laid out as fabric's window: 2 MiB-aligned, huge pages advised), after
-//                       one untimed pass: a transport cannot land every segment in one warm
-//                       buffer
+//                       receive window the transports get here (max(4 x size, 16 MiB), or
+//                       --window-segments x size; laid out as fabric's window: 2 MiB-aligned,
+//                       huge pages advised), after one untimed pass: a transport cannot land
+//                       every segment in one warm buffer
 //   cma ring            the same, copied by process_vm_writev into this process: the copy
-//                       libfabric's shm makes for an RMA write, alone (fabric+shm's ceiling)
+//                       libfabric's shm makes for an RMA write, alone
+//   cma ring +xxh3      the same copies with a second thread verifying each slot's xxh3 once
+//                       it is written, as a receiver must: the copy and the verification on
+//                       two cores, with no transport between them (fabric+shm's ceiling)
 //   raw zmq+tcp +xxh3   raw ZeroMQ whose receiver verifies each message's xxh3 before
 //                       dropping it, as every arrival must be verified (no envelope, no
 //                       credits: in flight is bounded only by ZeroMQ's high-water marks)
@@ -56,6 +59,9 @@ struct transport_bench_options {
   /// over seconds, so a ratio is taken between figures of the same round.
   int rounds = 3;
   int latency_samples = 200; ///< lone segments timed per point (fewer for big sizes)
+  /// Receive window per sender, in segments of the measured size (at least 1 MiB, the
+  /// segment bound the benchmark sets); 0: the default policy (window_for in the .cpp).
+  std::size_t window_segments = 0;
   /// Told (fraction done 0..1, point name) before each point; may be empty. The command line
   /// shows it as a progress bar on a terminal, plain lines otherwise.
   std::function<void(double, std::string_view)> on_progress;
