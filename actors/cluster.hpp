@@ -43,8 +43,8 @@ struct cluster_config {
   std::string tokenizer_path; ///< llama2.c tokenizer (empty for GGUF, which carries its own)
   /// K and V element type of every prefill shard and decode lane (engine/kv_dtype.hpp): auto is
   /// f32 for f32 weights, f16 for f16 or q8_0 ones. Multi-process: each `duet node --kv-dtype`
-  /// chooses, and a decode lane refuses segments of another dtype (the request fails with that
-  /// error), so all nodes must agree; the same model file with auto always does.
+  /// chooses and says so when it joins; the controller refuses nodes that disagree (a decode
+  /// lane takes segments of its own type only) and plans with theirs.
   engine::kv_dtype_choice kv_dtype = engine::kv_dtype_choice::automatic;
 
   // -- shape -----------------------------------------------------------------------------------
