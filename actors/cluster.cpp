@@ -396,6 +396,9 @@ public:
   const engine::tokenizer& tokenizer() const override { return ctx_->model.tok; }
   std::string model_name() const override { return model_name_; }
 
+  engine::dtype kv_dtype() const override {
+    return engine::resolve_kv_dtype(ctx_->config.kv_dtype, *ctx_->model.weights);
+  }
   std::size_t kv_blocks_in_use() const override {
     std::int64_t total = 0;
     for (const auto& e : ctx_->registry.snapshot()) total += e.blocks_used->load();

@@ -117,6 +117,9 @@ public:
   virtual const engine::tokenizer& tokenizer() const = 0;
   /// Name of the model (file stem, e.g. "stories260K").
   virtual std::string model_name() const = 0;
+  /// The K and V element type its prefill shards and decode lanes store: cluster_config's
+  /// kv_dtype resolved for the model (multi-process: the nodes').
+  virtual engine::dtype kv_dtype() const = 0;
   /// KV blocks currently held by every live prefill shard and decode lane (0 when idle).
   virtual std::size_t kv_blocks_in_use() const = 0;
   /// The fault injector the actors consult (add rules at run time).

@@ -4,6 +4,7 @@
 #include "apps/command.hpp"
 #include "apps/progress.hpp"
 #include "bench/fabric_bench.hpp"
+#include "engine/kv_dtype.hpp"
 
 #include <fmt/core.h>
 
@@ -38,14 +39,22 @@ void setup_bench_fabric(CLI::App& app) {
   cmd->add_option("--recoveries", o->recoveries, "Decode lanes killed (0: skip)")
       ->capture_default_str();
   cmd->add_option("--threads", o->threads, "Engine threads per actor")->capture_default_str();
-  cmd->callback([o] {
+  auto kv = std::make_shared<std::string>("auto");
+  cmd->add_option("--kv-dtype", *kv,
+                  "K and V element type: auto (f32 for f32 weights, f16 for f16 or q8_0 ones), "
+                  "f32 or f16")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "f32", "f16"}));
+  cmd->callback([o, kv] {
+    o->kv_dtype = engine::parse_kv_dtype(*kv);
     progress bar("bench fabric");
     o->on_progress = [&bar](double fraction, std::string_view step) { bar.update(fraction, step); };
     auto r = bench::run_fabric_bench(*o);
     bar.finish("measured");
-    fmt::print("model {}  prompt {} tokens  output {} tokens  transport {}  split {}  chunk {}\n",
+    fmt::print("model {}  prompt {} tokens  output {} tokens  transport {}  split {}  chunk {}  "
+               "kv {}{}\n",
                r.model, r.prompt_tokens, o->max_tokens, o->transport, o->prefill_split,
-               o->chunk_tokens);
+               o->chunk_tokens, engine::dtype_name(r.kv_type), *kv == "auto" ? " (auto)" : "");
     for (const auto* m : {&r.integrated, &r.disaggregated}) {
       fmt::print("{}\n", m->mode);
       print_latency("TTFT", m->ttft);

@@ -6,6 +6,7 @@
 // contract is broken. The same seed replays the same faults.
 #include "actors/cluster.hpp"
 #include "apps/command.hpp"
+#include "engine/kv_dtype.hpp"
 #include "engine/tokenizer.hpp"
 
 #include <fmt/core.h>
@@ -36,6 +37,7 @@ struct chaos_options {
   double kv_corrupt = 0.01;
   double kv_delay = 0.02;
   int kv_delay_ms = 5;
+  std::string kv_dtype = "auto";
 };
 
 struct answer {
@@ -102,6 +104,11 @@ void setup_chaos(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--kv-delay-ms", o->kv_delay_ms, "Delay of a delayed segment")
       ->capture_default_str();
+  cmd->add_option("--kv-dtype", o->kv_dtype,
+                  "K and V element type: auto (f32 for f32 weights, f16 for f16 or q8_0 ones), "
+                  "f32 or f16")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "f32", "f16"}));
   cmd->callback([o] {
     actors::cluster_config cfg;
     cfg.model_path = o->model;
@@ -110,6 +117,7 @@ void setup_chaos(CLI::App& app) {
     cfg.prefill_nodes = o->prefill;
     cfg.decode_nodes = o->decode;
     cfg.prefill_split = o->split;
+    cfg.kv_dtype = engine::parse_kv_dtype(o->kv_dtype);
     cfg.prefill_chunk_tokens = 8;
     cfg.kv_timeout_ms = 500;
     cfg.request_retries_max = 8;

@@ -85,6 +85,7 @@ actors::cluster_config base_config(const fabric_bench_options& o) {
   cfg.prefill_split = o.prefill_split;
   cfg.prefill_chunk_tokens = o.chunk_tokens;
   cfg.engine_threads = o.threads;
+  cfg.kv_dtype = o.kv_dtype;
   cfg.decode_sequences_max = 4;
   cfg.request_retries_max = 3;
   cfg.actor_restarts_max = o.recoveries + 2; // the bench kills lanes on purpose
@@ -174,6 +175,7 @@ fabric_bench_result run_fabric_bench(const fabric_bench_options& o) {
     auto cluster = actors::make_embedded_cluster(base_config(o));
     auto prompt = make_prompt(cluster->tokenizer(), o.prompt_tokens);
     result.model = cluster->model_name();
+    result.kv_type = cluster->kv_dtype();
     result.prompt_tokens = int(prompt.size());
     std::tie(result.integrated, result.disaggregated) = run_modes(*cluster, prompt, o, progress);
     auto& d = result.disaggregated;

@@ -18,6 +18,9 @@
 // of CPU vs 0.4-0.7 ms sender-side time (thread CPU from /proc, 11 requests). When the process
 // gets about one of the 2 cores (another build running), that CPU lands on the prefill.
 
+#include "engine/dtype.hpp"
+#include "engine/kv_dtype.hpp"
+
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -37,6 +40,8 @@ struct fabric_bench_options {
   int chunk_tokens = 32;
   int recoveries = 10; ///< decode lanes killed, one per request
   int threads = 1;     ///< engine threads per actor
+  /// K and V element type (engine/kv_dtype.hpp); auto: f32 for f32 weights, f16 otherwise
+  engine::kv_dtype_choice kv_dtype = engine::kv_dtype_choice::automatic;
   /// Told (fraction done 0..1, step name) as requests finish; may be empty. The command line
   /// shows it as a progress bar on a terminal, plain lines otherwise.
   std::function<void(double, std::string_view)> on_progress;
@@ -67,6 +72,7 @@ struct fabric_bench_result {
   double hidden_share = 0;   ///< of the transfer, behind prefill compute
   std::string model;
   int prompt_tokens = 0;
+  engine::dtype kv_type = engine::dtype::f32; ///< the K and V the cluster stored and sent
 };
 
 /// Runs the benchmark (throws std::runtime_error on setup failures).

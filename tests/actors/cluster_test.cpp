@@ -115,6 +115,7 @@ TEST_CASE("a q8_0 model's K and V are f16 by default, integrated and disaggregat
       cfg.prefill_nodes = 2;
       cfg.prefill_split = 2; // one layer per shard: each sends its own layer's segments
       auto cluster = actors::make_embedded_cluster(cfg);
+      CHECK(cluster->kv_dtype() == engine::dtype::f16);
       collector col;
       cluster->submit(make_request("q8", prompt, 24, mode), col.callbacks());
       check_fault_free(col.wait(), prompt, expected);

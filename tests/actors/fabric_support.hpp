@@ -61,11 +61,16 @@ inline std::vector<int> reference_tokens(const engine::loaded_model& model,
   return out;
 }
 
+/// The bundled stories260K (llama2.c, f32 weights), loaded once.
+inline const engine::loaded_model& stories_model() {
+  static auto model = engine::open_model(model_file("stories260K.bin"), model_file("tok512.bin"));
+  return model;
+}
+
 /// reference_tokens on stories260K with f32 K and V (what auto gives its f32 weights).
 inline std::vector<int> reference_tokens(const std::vector<int>& prompt, int max_tokens,
                                          bool stop_at_eos = true) {
-  static auto model = engine::open_model(model_file("stories260K.bin"), model_file("tok512.bin"));
-  return reference_tokens(model, prompt, max_tokens, engine::dtype::f32, stop_at_eos);
+  return reference_tokens(stories_model(), prompt, max_tokens, engine::dtype::f32, stop_at_eos);
 }
 
 /// What one request produced.

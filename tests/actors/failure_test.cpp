@@ -4,6 +4,7 @@
 // rules of the seeded fault injector, so each run replays.
 #include "tests/actors/fabric_support.hpp"
 
+#include "engine/kv_dtype.hpp"
 #include "engine/tokenizer.hpp"
 
 #include <algorithm>
@@ -23,15 +24,19 @@ std::vector<int> prompt_of(actors::cluster& c, const char* text) {
 } // namespace
 
 TEST_CASE("a decode lane killed mid-generation is restarted and the request ends with the "
-          "fault-free tokens") {
+          "fault-free tokens, with f32 and with f16 K and V") {
+  const auto kv = GENERATE(engine::kv_dtype_choice::f32, engine::kv_dtype_choice::f16);
+  INFO("K and V " << engine::kv_dtype_choice_name(kv));
   auto cfg = stories_config();
+  cfg.kv_dtype = kv;
   actors::fault_rule crash;
   crash.target = actors::actor_kind::decode_lane;
   crash.after_tokens = 7; // after the 7th decoded token, in the middle of a 40-token answer
   cfg.faults.rules.push_back(crash);
   auto cluster = actors::make_embedded_cluster(cfg);
   auto prompt = prompt_of(*cluster, "Once upon a time, there was a little dog");
-  auto expected = reference_tokens(prompt, 40);
+  auto expected = reference_tokens(stories_model(), prompt, 40, cluster->kv_dtype());
+  CHECK(cluster->kv_dtype() == engine::resolve_kv_dtype(kv, *stories_model().weights));
   collector col;
   cluster->submit(make_request("lane-crash", prompt, 40), col.callbacks());
   auto out = col.wait();
