@@ -1,5 +1,7 @@
 #include "actors/kv_link.hpp"
 
+#include "engine/kv_dtype.hpp"
+
 #include <caf/send.hpp>
 
 #include <fmt/core.h>
@@ -33,6 +35,11 @@ void run_as_batch_thread() {
   sched_param param{};
   param.sched_priority = 0;
   (void)pthread_setschedparam(pthread_self(), SCHED_BATCH, &param);
+}
+
+/// The K and V type this process's shards and lanes store, as the cluster resolved it.
+engine::dtype kv_type_of(const fabric_context& ctx) {
+  return engine::resolve_kv_dtype(ctx.config.kv_dtype, *ctx.model.weights);
 }
 
 } // namespace
@@ -116,8 +123,8 @@ caf::error kv_sender_set::send_now(const destination& route, transport::segment 
   } else {
     auto& tx = senders_[route.kv_address];
     if (!tx) {
-      auto connected =
-          transport::connect(route.kv_address, kv_link_options(ctx_->model.weights->config));
+      auto connected = transport::connect(
+          route.kv_address, kv_link_options(ctx_->model.weights->config, kv_type_of(*ctx_)));
       if (!connected) {
         senders_.erase(route.kv_address);
         return make_error(fabric_errc::transport_failure,
@@ -149,7 +156,8 @@ caf::error kv_sender_set::send_now(const destination& route, transport::segment 
 caf::expected<std::unique_ptr<kv_pump>> kv_pump::start(std::shared_ptr<fabric_context> ctx,
                                                        const std::string& listen_address,
                                                        std::function<caf::actor()> lane) {
-  auto rx = transport::listen(listen_address, kv_link_options(ctx->model.weights->config));
+  auto rx = transport::listen(listen_address,
+                              kv_link_options(ctx->model.weights->config, kv_type_of(*ctx)));
   if (!rx)
     return make_error(fabric_errc::transport_failure,
                       fmt::format("listen on {}: {}", listen_address, rx.err().to_string()));
@@ -190,12 +198,11 @@ void kv_pump::run() {
   }
 }
 
-transport::options kv_link_options(const engine::model_config& model) {
+transport::options kv_link_options(const engine::model_config& model, engine::dtype kv_type) {
   transport::options o;
-  // The largest segment a prefill can send: a whole context of one layer in f32, the wider of
-  // the two KV dtypes (engine/kv_dtype.hpp), so either fits.
-  const std::size_t segment = static_cast<std::size_t>(model.seq_len) *
-                              static_cast<std::size_t>(model.kv_dim()) * 2 * sizeof(float);
+  // The largest segment a prefill can send: a whole context of one layer, K and V.
+  const std::size_t segment = static_cast<std::size_t>(model.seq_len) * 2 *
+                              engine::row_bytes(kv_type, static_cast<std::size_t>(model.kv_dim()));
   o.segment_bytes_max = std::max<std::size_t>(segment, std::size_t{64} << 10);
   o.window_bytes =
       std::max(o.segment_bytes_max,

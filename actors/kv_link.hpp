@@ -117,11 +117,13 @@ private:
 /// size as announced, checksum equal. Empty string when valid.
 std::string kv_segment_problem(const transport::segment& seg);
 
-/// The transport options of a KV link for a model: a segment is one layer's f32 K and V for at
-/// most the whole context, and a receiver's window (registered once per sender) holds 8 of
-/// them, at least 4 MiB and at most the transport's 128 MiB default unless one segment needs
-/// more. The default window alone took 128 MiB per link: an embedded fabric+shm cluster of 2
-/// prefill and 2 decode nodes peaked at 586 MB resident for the 260K-parameter model.
-transport::options kv_link_options(const engine::model_config& model);
+/// The transport options of a KV link for a model whose K and V are `kv_type` (f32 or f16): a
+/// segment is one layer's K and V for at most the whole context, and a receiver's window
+/// (registered once per sender) holds 8 of them, at least 4 MiB and at most the transport's
+/// 128 MiB default unless one segment needs more. The default window alone took 128 MiB per
+/// link: an embedded fabric+shm cluster of 2 prefill and 2 decode nodes peaked at 586 MB
+/// resident for the 260K-parameter model. f16 K and V halve both (above the 4 MiB floor).
+transport::options kv_link_options(const engine::model_config& model,
+                                   engine::dtype kv_type = engine::dtype::f32);
 
 } // namespace duet::actors

@@ -170,12 +170,14 @@ TEST_CASE("a cluster with a metrics registry exports KV, transfer, restart, plac
 }
 
 TEST_CASE("a whole-context prompt in one KV segment per layer fits the KV link's sized window") {
-  // KV links size their window to the model (kv_link_options): the largest segment, a whole
-  // context's K and V of one layer, must still cross, over both kinds of window.
-  const auto model = engine::open_model(model_file("stories260K.bin"), model_file("tok512.bin"));
-  const auto& c = model.weights->config;
-  const auto o = actors::kv_link_options(c);
-  const std::size_t whole = std::size_t(c.seq_len) * std::size_t(c.kv_dim()) * 2 * sizeof(float);
+  // KV links size their window to the model and its K and V type (kv_link_options): the
+  // largest segment, a whole context's K and V of one layer, must still cross, over both kinds
+  // of window, in f32 and in f16.
+  const auto kv = GENERATE(engine::dtype::f32, engine::dtype::f16);
+  INFO("K and V " << engine::dtype_name(kv));
+  const auto& c = stories_model().weights->config;
+  const auto o = actors::kv_link_options(c, kv);
+  const std::size_t whole = std::size_t(c.seq_len) * 2 * engine::row_bytes(kv, c.kv_dim());
   CHECK(o.segment_bytes_max >= whole);
   CHECK(o.window_bytes >= o.segment_bytes_max);
   CHECK(o.window_bytes <= std::size_t{128} << 20);
@@ -183,11 +185,13 @@ TEST_CASE("a whole-context prompt in one KV segment per layer fits the KV link's
     INFO(transport);
     auto cfg = stories_config();
     cfg.transport = transport;
+    cfg.kv_dtype =
+        kv == engine::dtype::f16 ? engine::kv_dtype_choice::f16 : engine::kv_dtype_choice::f32;
     cfg.prefill_chunk_tokens = 0; // the whole prompt in one segment per layer
     auto cluster = actors::make_embedded_cluster(cfg);
     std::vector<int> prompt{1};
     for (int i = 1; i < c.seq_len - 8; ++i) prompt.push_back(3 + (i * 37) % (c.vocab_size - 3));
-    auto expected = reference_tokens(prompt, 4, false);
+    auto expected = reference_tokens(stories_model(), prompt, 4, kv, false);
     collector col;
     auto r = make_request("long", prompt, 4, actors::placement_mode::disaggregated);
     r.stop_at_eos = false;
@@ -199,7 +203,8 @@ TEST_CASE("a whole-context prompt in one KV segment per layer fits the KV link's
   }
 }
 
-TEST_CASE("KV link windows grow with the model and never below one segment") {
+TEST_CASE("KV link windows grow with the model and its K and V type and never below one "
+          "segment") {
   engine::model_config big;
   big.dim = 4096;
   big.n_heads = 32;
@@ -213,4 +218,17 @@ TEST_CASE("KV link windows grow with the model and never below one segment") {
   const auto s = actors::kv_link_options(small);
   CHECK(s.window_bytes == std::size_t{4} << 20);
   CHECK(s.segment_bytes_max == std::size_t{64} << 10);
+  // f16 K and V: half the segment, and half the window where it is 8 segments (stories110M's
+  // shape: 6 MiB segments and a 48 MiB window in f32).
+  engine::model_config mid;
+  mid.dim = 768;
+  mid.n_heads = 12;
+  mid.n_kv_heads = 12;
+  mid.seq_len = 1024;
+  const auto f32 = actors::kv_link_options(mid, engine::dtype::f32);
+  const auto f16 = actors::kv_link_options(mid, engine::dtype::f16);
+  CHECK(f32.segment_bytes_max == std::size_t{6} << 20);
+  CHECK(f32.window_bytes == std::size_t{48} << 20);
+  CHECK(f16.segment_bytes_max == std::size_t{3} << 20);
+  CHECK(f16.window_bytes == std::size_t{24} << 20);
 }
