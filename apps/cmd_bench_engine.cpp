@@ -45,11 +45,7 @@ void setup_bench_engine(CLI::App& app) {
                   "beside it (the bandwidth and peak baselines are best-of passes too)")
       ->capture_default_str()
       ->check(CLI::Range(1, 100));
-  cmd->add_option("--kv-dtype", o->kv,
-                  "KV cache element type: f32, f16, or auto (f32 for f32 weights, f16 for f16 "
-                  "or q8_0 ones, as every command defaults to)")
-      ->capture_default_str()
-      ->check(CLI::IsMember({"auto", "f32", "f16"}));
+  add_kv_dtype_option(cmd, o->kv);
   cmd->add_option("--simd", o->simd,
                   "Cap the kernels' instruction set, to measure what each level adds (a level "
                   "this CPU lacks falls back to the next one below it; the model line says "

@@ -40,11 +40,7 @@ void setup_bench_fabric(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--threads", o->threads, "Engine threads per actor")->capture_default_str();
   auto kv = std::make_shared<std::string>("auto");
-  cmd->add_option("--kv-dtype", *kv,
-                  "K and V element type: auto (f32 for f32 weights, f16 for f16 or q8_0 ones), "
-                  "f32 or f16")
-      ->capture_default_str()
-      ->check(CLI::IsMember({"auto", "f32", "f16"}));
+  add_kv_dtype_option(cmd, *kv);
   cmd->callback([o, kv] {
     o->kv_dtype = engine::parse_kv_dtype(*kv);
     progress bar("bench fabric");

@@ -104,11 +104,7 @@ void setup_chaos(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--kv-delay-ms", o->kv_delay_ms, "Delay of a delayed segment")
       ->capture_default_str();
-  cmd->add_option("--kv-dtype", o->kv_dtype,
-                  "K and V element type: auto (f32 for f32 weights, f16 for f16 or q8_0 ones), "
-                  "f32 or f16")
-      ->capture_default_str()
-      ->check(CLI::IsMember({"auto", "f32", "f16"}));
+  add_kv_dtype_option(cmd, o->kv_dtype);
   cmd->callback([o] {
     actors::cluster_config cfg;
     cfg.model_path = o->model;

@@ -154,12 +154,7 @@ void setup_generate(CLI::App& app) {
   cmd->add_option("--threads", o->threads, "Compute threads (the caller included)")
       ->capture_default_str()
       ->check(CLI::Range(1, 256));
-  cmd->add_option("--kv-dtype", o->kv_dtype,
-                  "KV cache element type: f32, f16, or auto (f32 when every weight matrix is "
-                  "f32, which reproduces llama2.c's run.c bit for bit; f16 for f16 or q8_0 "
-                  "weights)")
-      ->capture_default_str()
-      ->check(CLI::IsMember({"auto", "f32", "f16"}));
+  add_kv_dtype_option(cmd, o->kv_dtype);
   cmd->add_option("--stop", o->stop, "Stop when this text appears (repeatable)");
   cmd->callback([o] { run_generate(*o); });
 }

@@ -101,12 +101,8 @@ void setup_node(CLI::App& app) {
   cmd->add_option("--decode-sequences", o->decode_sequences_max,
                   "Full-context sequences the decode lane's KV pool holds")
       ->capture_default_str();
-  cmd->add_option("--kv-dtype", o->kv_dtype,
-                  "K and V element type: auto (f32 for f32 weights, f16 for f16 or q8_0 ones), "
-                  "f32 or f16; every node of a cluster must agree (a decode lane refuses "
-                  "segments of another type)")
-      ->capture_default_str()
-      ->check(CLI::IsMember({"auto", "f32", "f16"}));
+  add_kv_dtype_option(cmd, o->kv_dtype,
+                      "; every node of a cluster must agree (the controller refuses a mix)");
   cmd->add_option("--slow-decode-ms", o->decode_step_delay_ms,
                   "Fault injection: sleep this long before each decode step")
       ->capture_default_str();

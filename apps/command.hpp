@@ -23,6 +23,20 @@ struct register_command {
 /// (../shared/models next to the source tree).
 std::string default_models_dir();
 
+/// `--kv-dtype auto|f32|f16` (engine/kv_dtype.hpp) into `value`, with one help text for every
+/// command that takes it; `more` is appended to that text.
+inline CLI::Option* add_kv_dtype_option(CLI::App* cmd, std::string& value,
+                                        const std::string& more = "") {
+  return cmd
+      ->add_option("--kv-dtype", value,
+                   "K and V element type: auto (f32 when every weight matrix is f32, which "
+                   "reproduces llama2.c's run.c bit for bit; f16 for f16 or q8_0 weights), f32 "
+                   "or f16" +
+                       more)
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "f32", "f16"}));
+}
+
 } // namespace duet::apps
 
 namespace duet::apps {
