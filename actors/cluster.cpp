@@ -396,9 +396,7 @@ public:
   const engine::tokenizer& tokenizer() const override { return ctx_->model.tok; }
   std::string model_name() const override { return model_name_; }
 
-  engine::dtype kv_dtype() const override {
-    return engine::resolve_kv_dtype(ctx_->config.kv_dtype, *ctx_->model.weights);
-  }
+  engine::dtype kv_dtype() const override { return ctx_->kv_type(); }
   std::size_t kv_blocks_in_use() const override {
     std::int64_t total = 0;
     for (const auto& e : ctx_->registry.snapshot()) total += e.blocks_used->load();
@@ -528,8 +526,7 @@ void run_node(cluster_config config, node_options options) {
       hello.decode = options.decode;
       hello.kv_address = pump ? pump->address() : std::string{};
       hello.agent = agent;
-      hello.kv_dtype = std::string(
-          engine::dtype_name(engine::resolve_kv_dtype(config.kv_dtype, *ctx->model.weights)));
+      hello.kv_dtype = std::string(engine::dtype_name(ctx->kv_type()));
       caf::scoped_actor self{sys};
       self->request(*registrar, std::chrono::seconds(10), join_atom::value, hello)
           .receive(

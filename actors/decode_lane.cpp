@@ -6,7 +6,6 @@
 #include "actors/token_sampling.hpp"
 #include "engine/error.hpp"
 #include "engine/forward.hpp"
-#include "engine/kv_dtype.hpp"
 #include "engine/kv_export.hpp"
 
 #include <caf/all.hpp>
@@ -281,9 +280,8 @@ caf::behavior decode_lane_impl(lane_actor* self, std::shared_ptr<fabric_context>
     ro.threads = ctx->config.engine_threads;
     ro.tokens_max = std::max(ctx->config.decode_batch_max, ctx->config.prefill_chunk_tokens);
     st.runner = std::make_unique<engine::runner>(weights, ro);
-    auto kvc = engine::kv_cache_config::for_model(
-        cfg, 0, cfg.n_layers, 0, engine::resolve_kv_dtype(ctx->config.kv_dtype, weights),
-        ctx->config.kv_block_tokens);
+    auto kvc = engine::kv_cache_config::for_model(cfg, 0, cfg.n_layers, 0, ctx->kv_type(),
+                                                  ctx->config.kv_block_tokens);
     kvc.blocks_max = kvc.blocks_for(std::max(1, ctx->config.decode_sequences_max));
     st.kv = std::make_unique<engine::kv_cache>(kvc);
   } catch (const std::exception& e) {

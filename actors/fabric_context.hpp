@@ -6,6 +6,7 @@
 
 #include "actors/cluster.hpp"
 #include "actors/fault_injector.hpp"
+#include "engine/kv_dtype.hpp"
 #include "engine/model_file.hpp"
 
 #include <caf/actor.hpp>
@@ -130,6 +131,12 @@ struct fabric_context {
   /// Optional observer of control events ("placed <request> decode_node <n> <mode>",
   /// "node <n> down: <why>", ...); called from actor threads, must be thread-safe.
   std::function<void(const std::string&)> on_event;
+
+  /// The K and V type this process's prefill shards and decode lanes store and its KV links
+  /// carry: config.kv_dtype resolved for the model (engine/kv_dtype.hpp).
+  engine::dtype kv_type() const {
+    return engine::resolve_kv_dtype(config.kv_dtype, *model.weights);
+  }
 };
 
 /// The prometheus instruments of `registry` for `n_nodes` nodes (no-op when registry is null).

@@ -1,7 +1,5 @@
 #include "actors/kv_link.hpp"
 
-#include "engine/kv_dtype.hpp"
-
 #include <caf/send.hpp>
 
 #include <fmt/core.h>
@@ -35,11 +33,6 @@ void run_as_batch_thread() {
   sched_param param{};
   param.sched_priority = 0;
   (void)pthread_setschedparam(pthread_self(), SCHED_BATCH, &param);
-}
-
-/// The K and V type this process's shards and lanes store, as the cluster resolved it.
-engine::dtype kv_type_of(const fabric_context& ctx) {
-  return engine::resolve_kv_dtype(ctx.config.kv_dtype, *ctx.model.weights);
 }
 
 } // namespace
@@ -124,7 +117,7 @@ caf::error kv_sender_set::send_now(const destination& route, transport::segment 
     auto& tx = senders_[route.kv_address];
     if (!tx) {
       auto connected = transport::connect(
-          route.kv_address, kv_link_options(ctx_->model.weights->config, kv_type_of(*ctx_)));
+          route.kv_address, kv_link_options(ctx_->model.weights->config, ctx_->kv_type()));
       if (!connected) {
         senders_.erase(route.kv_address);
         return make_error(fabric_errc::transport_failure,
@@ -157,7 +150,7 @@ caf::expected<std::unique_ptr<kv_pump>> kv_pump::start(std::shared_ptr<fabric_co
                                                        const std::string& listen_address,
                                                        std::function<caf::actor()> lane) {
   auto rx = transport::listen(listen_address,
-                              kv_link_options(ctx->model.weights->config, kv_type_of(*ctx)));
+                              kv_link_options(ctx->model.weights->config, ctx->kv_type()));
   if (!rx)
     return make_error(fabric_errc::transport_failure,
                       fmt::format("listen on {}: {}", listen_address, rx.err().to_string()));

@@ -6,7 +6,6 @@
 #include "actors/token_sampling.hpp"
 #include "engine/error.hpp"
 #include "engine/forward.hpp"
-#include "engine/kv_dtype.hpp"
 #include "engine/kv_export.hpp"
 
 #include <caf/all.hpp>
@@ -162,9 +161,8 @@ caf::behavior prefill_shard_impl(shard_actor* self, std::shared_ptr<fabric_conte
     ro.threads = ctx->config.engine_threads;
     ro.tokens_max = std::max(1, ctx->config.prefill_chunk_tokens);
     st.runner = std::make_unique<engine::runner>(weights, ro);
-    auto kvc = engine::kv_cache_config::for_model(
-        weights.config, spec.first_layer, spec.last_layer, 0,
-        engine::resolve_kv_dtype(ctx->config.kv_dtype, weights), ctx->config.kv_block_tokens);
+    auto kvc = engine::kv_cache_config::for_model(weights.config, spec.first_layer, spec.last_layer,
+                                                  0, ctx->kv_type(), ctx->config.kv_block_tokens);
     kvc.blocks_max = kvc.blocks_for(std::max(1, ctx->config.prefill_sequences_max));
     st.kv = std::make_unique<engine::kv_cache>(kvc);
     st.x.resize(std::size_t(ro.tokens_max) * weights.config.dim);

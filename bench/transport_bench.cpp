@@ -53,6 +53,22 @@ messages::kv_segment_header header_for(std::size_t bytes, std::uint64_t request)
   return h;
 }
 
+/// `bytes` of a fixed pattern (every byte differs from its neighbours), the payload every
+/// baseline and backend moves.
+transport::buffer patterned(std::size_t bytes) {
+  auto b = transport::buffer::allocate(bytes);
+  for (std::size_t i = 0; i < bytes; ++i) b.data()[i] = static_cast<std::byte>(i * 131);
+  return b;
+}
+
+/// The copy libfabric's shm makes for an RMA write: process_vm_writev into this process.
+bool cma_write(pid_t self, const std::byte* src, std::byte* dst, std::size_t bytes) {
+  iovec local{const_cast<std::byte*>(src), bytes}, remote{dst, bytes};
+  return ::process_vm_writev(self, &local, 1, &remote, 1, 0) == static_cast<ssize_t>(bytes);
+}
+
+constexpr const char* cma_failed = "process_vm_writev failed (CMA not permitted here?)";
+
 /// The receive window the benchmark gives a transport for `bytes` segments (room to pipeline).
 std::size_t window_for(const transport_bench_options& o, std::size_t bytes) {
   if (o.window_segments > 0)
@@ -80,8 +96,7 @@ transport_point bench_ring(const transport_bench_options& o, std::size_t bytes, 
   transport_point p;
   p.name = cma ? "cma ring" : "memcpy ring";
   p.bytes = bytes;
-  auto src = transport::buffer::allocate(bytes);
-  for (std::size_t i = 0; i < bytes; ++i) src.data()[i] = static_cast<std::byte>(i * 131);
+  auto src = patterned(bytes);
   const std::size_t slots = window_for(o, bytes) / bytes;
   auto ring = window_like(slots * bytes);
   const pid_t self = getpid();
@@ -97,9 +112,8 @@ transport_point bench_ring(const transport_bench_options& o, std::size_t bytes, 
     auto t = clock_type::now();
     std::byte* dst = ring.get() + static_cast<std::size_t>(i) % slots * bytes;
     if (cma) {
-      iovec local{src.data(), bytes}, remote{dst, bytes};
-      if (::process_vm_writev(self, &local, 1, &remote, 1, 0) != static_cast<ssize_t>(bytes)) {
-        p.note = "process_vm_writev failed (CMA not permitted here?)";
+      if (!cma_write(self, src.data(), dst, bytes)) {
+        p.note = cma_failed;
         return p;
       }
     } else {
@@ -124,8 +138,7 @@ transport_point bench_cma_verified(const transport_bench_options& o, std::size_t
   transport_point p;
   p.name = "cma ring +xxh3";
   p.bytes = bytes;
-  auto src = transport::buffer::allocate(bytes);
-  for (std::size_t i = 0; i < bytes; ++i) src.data()[i] = static_cast<std::byte>(i * 131);
+  auto src = patterned(bytes);
   const std::uint64_t expected = messages::checksum_xxh3(src.bytes());
   const std::size_t slots = window_for(o, bytes) / bytes;
   auto ring = window_like(slots * bytes);
@@ -149,9 +162,8 @@ transport_point bench_cma_verified(const transport_bench_options& o, std::size_t
     if (i == warm) t0 = clock_type::now();
     while (i - verified.load(std::memory_order_acquire) >= static_cast<int>(slots))
       std::this_thread::yield();
-    iovec local{src.data(), bytes},
-        remote{ring.get() + static_cast<std::size_t>(i) % slots * bytes, bytes};
-    if (::process_vm_writev(self, &local, 1, &remote, 1, 0) != static_cast<ssize_t>(bytes)) {
+    if (!cma_write(self, src.data(), ring.get() + static_cast<std::size_t>(i) % slots * bytes,
+                   bytes)) {
       failed = true;
       break;
     }
@@ -159,7 +171,7 @@ transport_point bench_cma_verified(const transport_bench_options& o, std::size_t
   }
   verifier.join();
   if (failed) {
-    p.note = "process_vm_writev failed (CMA not permitted here?)";
+    p.note = cma_failed;
     return p;
   }
   if (mismatch) {
@@ -312,8 +324,7 @@ transport_point bench_backend(const transport_bench_options& o, std::size_t byte
   }
   // One payload, shared by every send (buffer::share): no allocation, no page faults, one
   // registration (fabric caches it). Its checksum is computed once, as a producer would.
-  auto storage = transport::buffer::allocate(bytes);
-  for (std::size_t i = 0; i < bytes; ++i) storage.data()[i] = static_cast<std::byte>(i * 131);
+  auto storage = patterned(bytes);
   const std::uint64_t checksum = messages::checksum_xxh3(storage.bytes());
   std::byte* data = storage.data();
   std::shared_ptr<void> owner = storage.release_owner();
